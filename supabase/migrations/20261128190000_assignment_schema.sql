@@ -1,0 +1,161 @@
+-- Device assignment: tables, indexes, row level security.
+--
+-- Applies to an empty project and to one that already has `devices` and
+-- `backend_servers` from the old system: tables are created when missing, and
+-- every column is added when missing. Nothing is dropped or rewritten.
+
+create schema if not exists device_assignment;
+comment on schema device_assignment is
+  'Internals of device assignment. Not exposed by the API: the public wrappers call into it.';
+revoke all on schema device_assignment from public;
+
+-- backend_servers ------------------------------------------------------------
+
+create table if not exists public.backend_servers (
+  id uuid primary key default gen_random_uuid()
+);
+
+alter table public.backend_servers
+  add column if not exists server_name text,
+  add column if not exists is_active boolean not null default true,
+  add column if not exists is_healthy boolean not null default true,
+  add column if not exists current_load integer not null default 0,
+  add column if not exists max_capacity integer,
+  add column if not exists last_health_ping timestamptz,
+  add column if not exists metadata jsonb not null default '{}'::jsonb,
+  add column if not exists created_at timestamptz not null default now(),
+  add column if not exists updated_at timestamptz not null default now();
+
+-- Legacy rows may lack a name; give them one they can be told apart by.
+update public.backend_servers set server_name = 'legacy-' || id where server_name is null;
+alter table public.backend_servers alter column server_name set not null;
+create unique index if not exists backend_servers_server_name_key
+  on public.backend_servers (server_name);
+
+-- devices --------------------------------------------------------------------
+
+create table if not exists public.devices (
+  id uuid primary key default gen_random_uuid(),
+  user_id uuid not null references auth.users (id) on delete cascade
+);
+
+alter table public.devices
+  add column if not exists user_id uuid,
+  add column if not exists device_name text,
+  add column if not exists status text not null default 'disconnected',
+  add column if not exists qr_code text,
+  add column if not exists qr_updated_at timestamptz,
+  add column if not exists qr_expires_at timestamptz,
+  add column if not exists assigned_server_id uuid,
+  add column if not exists assignment_epoch bigint not null default 0,
+  add column if not exists assigned_at timestamptz,
+  add column if not exists connecting_since timestamptz,
+  add column if not exists last_reassigned_at timestamptz,
+  add column if not exists reassign_count integer not null default 0,
+  add column if not exists last_error text,
+  add column if not exists created_at timestamptz not null default now(),
+  add column if not exists updated_at timestamptz not null default now();
+
+-- A legacy `assigned_server_id` may point at a server that no longer exists; the
+-- foreign key is added NOT VALID so those rows stay as they are (maintenance
+-- heals them) while every new write is checked.
+do $$
+begin
+  if not exists (
+    select from pg_constraint
+    where conrelid = 'public.devices'::regclass
+      and contype = 'f'
+      and conkey = array[(select attnum from pg_attribute
+                          where attrelid = 'public.devices'::regclass
+                            and attname = 'assigned_server_id')]
+  ) then
+    alter table public.devices
+      add constraint devices_assigned_server_id_fkey
+      foreign key (assigned_server_id) references public.backend_servers (id)
+      on delete set null not valid;
+  end if;
+end
+$$;
+
+-- Legacy rows predate assignment timestamps; date them from their last update
+-- so the stale rule gives them the usual grace instead of treating them as new.
+update public.devices
+   set assigned_at = coalesce(updated_at, now())
+ where assigned_at is null and assigned_server_id is not null;
+update public.devices
+   set connecting_since = coalesce(updated_at, now())
+ where connecting_since is null and status = 'connecting';
+
+-- Hot predicates: work lists are connecting devices only, a small slice of the
+-- table, so every index that maintenance and claims walk is partial.
+create index if not exists devices_connecting_by_server
+  on public.devices (assigned_server_id)
+  where status = 'connecting';
+create index if not exists devices_connecting_unassigned
+  on public.devices (connecting_since)
+  where status = 'connecting' and assigned_server_id is null;
+create index if not exists devices_connecting_by_last_progress
+  on public.devices ((greatest(assigned_at, qr_updated_at)))
+  where status = 'connecting';
+create index if not exists devices_qr_to_expire
+  on public.devices (qr_expires_at)
+  where qr_code is not null;
+create index if not exists devices_user_id on public.devices (user_id);
+
+-- device_assignment_events -----------------------------------------------------
+
+create table if not exists public.device_assignment_events (
+  id bigint generated always as identity primary key,
+  device_id uuid not null,
+  from_server_id uuid,
+  to_server_id uuid,
+  epoch bigint not null,
+  reason text not null check (reason in (
+    'server_inactive', 'stale_qr', 'user_request', 'operator',
+    'maintenance', 'server_shutdown', 'claimed'
+  )),
+  actor text not null,
+  created_at timestamptz not null default now()
+);
+comment on table public.device_assignment_events is
+  'Append-only audit of every assignment change. No foreign keys: the trail outlives devices and servers.';
+create index if not exists device_assignment_events_device
+  on public.device_assignment_events (device_id, created_at);
+create index if not exists device_assignment_events_created_at
+  on public.device_assignment_events (created_at);
+
+-- assignment_settings ----------------------------------------------------------
+
+create table if not exists public.assignment_settings (
+  singleton boolean primary key default true check (singleton),
+  heartbeat_timeout interval not null default '30 seconds',
+  connecting_grace interval not null default '45 seconds',
+  reassign_cooldown interval not null default '15 seconds',
+  max_reassignments integer not null default 5 check (max_reassignments > 0),
+  event_retention interval not null default '30 days',
+  -- An uncapped server (max_capacity null) is compared with capped ones as if
+  -- it could take this many devices.
+  nominal_capacity integer not null default 100 check (nominal_capacity > 0),
+  updated_at timestamptz not null default now()
+);
+insert into public.assignment_settings (singleton) values (true) on conflict do nothing;
+
+-- Row level security and grants ----------------------------------------------------
+-- Supabase grants everything in `public` to anon and authenticated by default.
+-- Users only ever read their own devices; every write goes through the SQL API.
+
+alter table public.backend_servers enable row level security;
+alter table public.devices enable row level security;
+alter table public.device_assignment_events enable row level security;
+alter table public.assignment_settings enable row level security;
+
+revoke all on public.backend_servers, public.devices, public.device_assignment_events,
+  public.assignment_settings from anon, authenticated;
+grant select on public.devices to authenticated;
+grant all on public.backend_servers, public.devices, public.device_assignment_events,
+  public.assignment_settings to service_role;
+
+drop policy if exists "owners read their devices" on public.devices;
+create policy "owners read their devices" on public.devices
+  for select to authenticated
+  using (user_id = (select auth.uid()));
