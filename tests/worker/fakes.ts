@@ -1,0 +1,142 @@
+/**
+ * A fake clock and an in-memory stand-in for the database side of the backend
+ * contract: enough fencing to tell right from wrong, nothing more.
+ */
+import {
+  type AssignedDevice,
+  type BackendApi,
+  BackendError,
+  type DeviceStatus,
+  type Heartbeat,
+  type HeartbeatInput,
+} from "../../worker/backend.ts";
+import type { Clock } from "../../worker/clock.ts";
+
+export class FakeClock implements Clock {
+  constructor(public time = Date.UTC(2026, 0, 1)) {}
+  now(): number {
+    return this.time;
+  }
+  advance(ms: number): void {
+    this.time += ms;
+  }
+  sleep(): Promise<void> {
+    throw new Error("unit tests drive the worker's steps directly");
+  }
+}
+
+export interface FakeDevice {
+  id: string;
+  owner: string | null;
+  epoch: number;
+  status: DeviceStatus;
+  qr: string | null;
+  qrExpiresAt: Date | null;
+}
+
+export class FakeDatabase implements BackendApi {
+  heartbeatTimeoutMs = 10_000;
+  devices = new Map<string, FakeDevice>();
+  calls: string[] = [];
+  /** When set, heartbeats throw this instead of answering. */
+  heartbeatFailure: BackendError | null = null;
+  /** When set, heartbeats wait for this before answering. */
+  heartbeatDelay: Promise<void> | null = null;
+  published: { deviceId: string; epoch: number; qr: string; expiresAt: Date }[] = [];
+
+  addDevice(id: string, owner: string | null = null): FakeDevice {
+    const device: FakeDevice = {
+      id,
+      owner,
+      epoch: 1,
+      status: "connecting",
+      qr: null,
+      qrExpiresAt: null,
+    };
+    this.devices.set(id, device);
+    return device;
+  }
+
+  /** What another server (or `get_device_qr`) does when it takes a device. */
+  reassign(id: string, to: string | null): void {
+    const device = this.devices.get(id)!;
+    device.owner = to;
+    device.epoch += 1;
+    device.qr = null;
+  }
+
+  heartbeats: HeartbeatInput[] = [];
+
+  async heartbeat(input: HeartbeatInput): Promise<Heartbeat> {
+    this.calls.push("heartbeat");
+    this.heartbeats.push(input);
+    if (this.heartbeatDelay) await this.heartbeatDelay;
+    if (this.heartbeatFailure) throw this.heartbeatFailure;
+    return {
+      serverId: "server-a",
+      heartbeatTimeoutMs: this.heartbeatTimeoutMs,
+      connectingGraceMs: 45_000,
+      leaseExpiresAt: new Date().toISOString(),
+    };
+  }
+
+  claimDevices(serverId: string): Promise<AssignedDevice[]> {
+    this.calls.push("claim_devices");
+    const rows: AssignedDevice[] = [];
+    for (const device of this.devices.values()) {
+      if (device.status !== "connecting") continue;
+      if (device.owner === serverId) {
+        rows.push({ deviceId: device.id, epoch: device.epoch, deviceName: null, claimed: false });
+      } else if (device.owner === null) {
+        device.owner = serverId;
+        device.epoch += 1;
+        rows.push({ deviceId: device.id, epoch: device.epoch, deviceName: null, claimed: true });
+      }
+    }
+    return Promise.resolve(rows);
+  }
+
+  #fence(deviceId: string, serverId: string, epoch: number): FakeDevice {
+    const device = this.devices.get(deviceId);
+    if (!device || device.owner !== serverId || device.epoch !== epoch) {
+      throw new BackendError("fenced", "fenced", 409);
+    }
+    return device;
+  }
+
+  publishQr(
+    write: { deviceId: string; serverId: string; epoch: number; qr: string; expiresAt: Date },
+  ): Promise<void> {
+    this.calls.push("publish_device_qr");
+    const device = this.#fence(write.deviceId, write.serverId, write.epoch);
+    if (device.status !== "connecting") {
+      throw new BackendError("not_connecting", "not_connecting", 409);
+    }
+    device.qr = write.qr;
+    device.qrExpiresAt = write.expiresAt;
+    this.published.push(write);
+    return Promise.resolve();
+  }
+
+  reportStatus(
+    write: { deviceId: string; serverId: string; epoch: number; status: DeviceStatus },
+  ): Promise<void> {
+    this.calls.push(`report_device_status:${write.status}`);
+    const device = this.#fence(write.deviceId, write.serverId, write.epoch);
+    device.status = write.status;
+    if (write.status !== "connecting") device.qr = null;
+    return Promise.resolve();
+  }
+
+  shutdown(serverId: string): Promise<{ released: number; reassigned: number }> {
+    this.calls.push("server_shutdown");
+    let released = 0;
+    for (const device of this.devices.values()) {
+      if (device.owner === serverId && device.status === "connecting") {
+        this.reassign(device.id, null);
+        released++;
+      }
+    }
+    return Promise.resolve({ released, reassigned: 0 });
+  }
+}

@@ -1,0 +1,230 @@
+import assert from "node:assert/strict";
+import { BackendError } from "../../worker/backend.ts";
+import { BackendWorker, type WorkerEvent } from "../../worker/worker.ts";
+import { FakeClock, FakeDatabase } from "./fakes.ts";
+
+const FAST_PAIRING = { firstQrTtlMs: 60_000, rotationMs: 20_000, maxQrs: 6, qrGenerationMs: 500 };
+
+function setup(options: { selfFencing?: boolean } = {}) {
+  const clock = new FakeClock();
+  const db = new FakeDatabase();
+  const events: WorkerEvent[] = [];
+  const worker = new BackendWorker(
+    db,
+    { serverName: "server-a", pairing: FAST_PAIRING, selfFencing: options.selfFencing ?? true },
+    clock,
+    (event) => events.push(event),
+  );
+  return { clock, db, events, worker };
+}
+
+/** Advance the fake clock in steps, letting the worker publish what is due. */
+async function runFor(clock: FakeClock, worker: BackendWorker, ms: number, stepMs = 100) {
+  for (let elapsed = 0; elapsed < ms; elapsed += stepMs) {
+    clock.advance(stepMs);
+    await worker.work();
+  }
+}
+
+Deno.test("the worker publishes the WhatsApp rotation and then reports qr_timeout", async () => {
+  const { clock, db, worker } = setup();
+  db.addDevice("d1");
+  const start = clock.now();
+  await worker.heartbeat();
+  await worker.claim();
+  // Keep the lease alive by heartbeating every 2.5 s while the pairing runs.
+  for (let elapsed = 0; elapsed < 170_000; elapsed += 2_500) {
+    await worker.heartbeat();
+    await runFor(clock, worker, 2_500);
+  }
+  const expiries = db.published.map((p) => Math.round((p.expiresAt.getTime() - start) / 100) * 100);
+  assert.deepEqual(expiries, [60_500, 80_500, 100_500, 120_500, 140_500, 160_500]);
+  assert.equal(new Set(db.published.map((p) => p.qr)).size, 6);
+  assert.equal(db.devices.get("d1")!.status, "qr_timeout");
+  assert.deepEqual(worker.deviceIds, []);
+  assert.equal(db.calls.filter((c) => c === "report_device_status:qr_timeout").length, 1);
+});
+
+Deno.test("the first QR appears after the generation delay, with a 60 s expiry", async () => {
+  const { clock, db, worker } = setup();
+  db.addDevice("d1");
+  await worker.heartbeat();
+  await worker.claim();
+  await runFor(clock, worker, 400);
+  assert.equal(db.published.length, 0);
+  await runFor(clock, worker, 100);
+  assert.equal(db.published.length, 1);
+  assert.equal(db.published[0].expiresAt.getTime() - clock.now(), 60_000);
+});
+
+Deno.test("without a heartbeat the worker stops at 80% of the timeout, not before", async () => {
+  const { clock, db, events, worker } = setup();
+  db.addDevice("d1");
+  await worker.heartbeat(); // lease: 10 s timeout → work until +8 s
+  await worker.claim();
+  db.heartbeatFailure = new BackendError("unavailable", "connection refused");
+  clock.advance(2_500);
+  await worker.heartbeat();
+  clock.advance(5_499); // t = 7 999 ms
+  await worker.work();
+  assert.deepEqual(worker.deviceIds, ["d1"]);
+  assert.equal(events.filter((e) => e.type === "self_fenced").length, 0);
+  clock.advance(1); // t = 8 000 ms
+  await worker.work();
+  assert.deepEqual(worker.deviceIds, []);
+  assert.equal(events.filter((e) => e.type === "self_fenced").length, 1);
+});
+
+Deno.test("a self-fenced worker makes no device write and no claim until a heartbeat succeeds", async () => {
+  const { clock, db, worker } = setup();
+  db.addDevice("d1");
+  await worker.heartbeat();
+  await worker.claim();
+  db.heartbeatFailure = new BackendError("unavailable", "timeout");
+  clock.advance(8_000);
+  await worker.work();
+  const before = db.calls.length;
+  await runFor(clock, worker, 60_000, 1_000);
+  await worker.claim();
+  assert.equal(db.calls.length, before);
+  db.heartbeatFailure = null;
+  await worker.heartbeat();
+  await worker.claim();
+  assert.deepEqual(worker.deviceIds, ["d1"]);
+});
+
+Deno.test("the lease counts from when the heartbeat was sent, not when it was answered", async () => {
+  const { clock, db, worker } = setup();
+  db.addDevice("d1");
+  let answer!: () => void;
+  db.heartbeatDelay = new Promise((resolve) => (answer = resolve));
+  const beat = worker.heartbeat(); // sent at t = 0
+  clock.advance(3_000);
+  answer();
+  await beat;
+  await worker.claim();
+  clock.advance(4_999); // t = 7 999 ms since sending
+  await worker.work();
+  assert.deepEqual(worker.deviceIds, ["d1"]);
+  clock.advance(1);
+  await worker.work();
+  assert.deepEqual(worker.deviceIds, []);
+});
+
+Deno.test("a heartbeat that hangs does not keep the worker from fencing itself", async () => {
+  const { clock, db, worker } = setup();
+  db.addDevice("d1");
+  await worker.heartbeat();
+  await worker.claim();
+  db.heartbeatDelay = new Promise(() => {}); // never answers
+  void worker.heartbeat();
+  clock.advance(8_000);
+  await worker.work();
+  assert.deepEqual(worker.deviceIds, []);
+});
+
+Deno.test("a fenced publish drops that device at once and only that device", async () => {
+  const { clock, db, events, worker } = setup();
+  db.addDevice("d1");
+  db.addDevice("d2");
+  await worker.heartbeat();
+  await worker.claim();
+  db.reassign("d1", "server-b");
+  await runFor(clock, worker, 500);
+  assert.deepEqual(worker.deviceIds, ["d2"]);
+  assert.deepEqual(
+    events.filter((e) => e.type === "session_dropped").map((e) => e),
+    [{ type: "session_dropped", deviceId: "d1", epoch: 2, reason: "fenced" }],
+  );
+  assert.deepEqual(db.published.map((p) => p.deviceId), ["d2"]);
+  // No retry for a fenced device.
+  await runFor(clock, worker, 5_000);
+  assert.equal(events.filter((e) => e.type === "publish_rejected").length, 1);
+});
+
+Deno.test("a device missing from claim_devices is let go; a new epoch restarts pairing", async () => {
+  const { clock, db, events, worker } = setup();
+  db.addDevice("d1");
+  db.addDevice("d2");
+  await worker.heartbeat();
+  await worker.claim();
+  await runFor(clock, worker, 500);
+  db.reassign("d1", "server-b");
+  db.reassign("d2", "server-a"); // the user asked again and landed on us
+  await worker.claim();
+  assert.deepEqual(worker.deviceIds, ["d2"]);
+  const reasons = events.filter((e) => e.type === "session_dropped").map((e) =>
+    e.type === "session_dropped" ? [e.deviceId, e.reason] : []
+  );
+  assert.deepEqual(reasons, [["d1", "released"], ["d2", "new_epoch"]]);
+  await runFor(clock, worker, 500);
+  assert.equal(db.published.at(-1)!.epoch, 3);
+});
+
+Deno.test("server_not_live from claim_devices revokes the lease at once", async () => {
+  const { db, worker } = setup();
+  db.addDevice("d1");
+  await worker.heartbeat();
+  await worker.claim();
+  db.claimDevices = () =>
+    Promise.reject(new BackendError("server_not_live", "server_not_live", 409));
+  await worker.claim();
+  assert.deepEqual(worker.deviceIds, []);
+  assert.equal(worker.lease.isValid(Date.UTC(2026, 0, 1)), false);
+});
+
+Deno.test("with self-fencing off (a frozen server), the database fence still rejects it", async () => {
+  const { clock, db, events, worker } = setup({ selfFencing: false });
+  db.addDevice("d1");
+  await worker.heartbeat();
+  await worker.claim();
+  await runFor(clock, worker, 500);
+  db.heartbeatFailure = new BackendError("unavailable", "partitioned");
+  clock.advance(60_000);
+  db.reassign("d1", "server-b");
+  await worker.work();
+  assert.equal(events.filter((e) => e.type === "publish_rejected").length, 1);
+  assert.deepEqual(worker.deviceIds, []);
+  assert.equal(db.published.length, 1);
+});
+
+Deno.test("a simulated scan reports connected and ends the pairing", async () => {
+  const { clock, db, worker } = setup();
+  db.addDevice("d1");
+  await worker.heartbeat();
+  await worker.claim();
+  assert.equal(await worker.scan("d1"), false, "no QR shown yet, nothing to scan");
+  await runFor(clock, worker, 500);
+  assert.equal(await worker.scan("d1"), true);
+  assert.equal(db.devices.get("d1")!.status, "connected");
+  assert.deepEqual(worker.deviceIds, []);
+  assert.equal(await worker.scan("unknown"), false);
+});
+
+Deno.test("shutdown closes every session and hands the devices back", async () => {
+  const { clock, db, worker } = setup();
+  db.addDevice("d1");
+  await worker.heartbeat();
+  await worker.claim();
+  await runFor(clock, worker, 500);
+  await worker.shutdown();
+  assert.deepEqual(worker.deviceIds, []);
+  assert.equal(db.devices.get("d1")!.owner, null);
+  assert.equal(db.calls.at(-1), "server_shutdown");
+  await worker.claim();
+  await worker.work();
+  assert.equal(db.calls.at(-1), "server_shutdown", "no call after shutdown");
+});
+
+Deno.test("the heartbeat reports the current load and capacity", async () => {
+  const { db, worker } = setup();
+  db.addDevice("d1");
+  db.addDevice("d2");
+  await worker.heartbeat();
+  await worker.claim();
+  await worker.heartbeat();
+  assert.deepEqual(
+    db.heartbeats.map((input) => input.currentLoad),
+    [0, 2],
+  );
+});

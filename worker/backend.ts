@@ -1,0 +1,166 @@
+/**
+ * The backend-server half of the SQL API (docs/sql-api.md), as a typed interface.
+ * The worker talks to the database only through this, so tests can swap in a fake
+ * and a real backend can read it as the list of calls it has to make.
+ */
+import type { SupabaseClient } from "@supabase/supabase-js";
+
+export interface HeartbeatInput {
+  serverName: string;
+  currentLoad: number;
+  maxCapacity: number | null;
+  metadata: Record<string, unknown>;
+}
+
+export interface Heartbeat {
+  serverId: string;
+  heartbeatTimeoutMs: number;
+  connectingGraceMs: number;
+  leaseExpiresAt: string;
+}
+
+export interface AssignedDevice {
+  deviceId: string;
+  epoch: number;
+  deviceName: string | null;
+  /** True when this call took the device over from a dead or missing server. */
+  claimed: boolean;
+}
+
+export interface FencedWrite {
+  deviceId: string;
+  serverId: string;
+  epoch: number;
+}
+
+export type DeviceStatus = "connecting" | "connected" | "disconnected" | "qr_timeout" | "error";
+
+export interface BackendApi {
+  heartbeat(input: HeartbeatInput): Promise<Heartbeat>;
+  claimDevices(serverId: string, limit: number): Promise<AssignedDevice[]>;
+  publishQr(write: FencedWrite & { qr: string; expiresAt: Date }): Promise<void>;
+  reportStatus(write: FencedWrite & { status: DeviceStatus; error?: string }): Promise<void>;
+  shutdown(serverId: string): Promise<{ released: number; reassigned: number }>;
+}
+
+/**
+ * Codes the worker acts on. `fenced` and `not_connecting` mean "drop this device
+ * now"; `server_not_live` means "our lease is gone"; `unavailable` is anything
+ * we could not get an answer for (network, timeout, 5xx) and is retried.
+ */
+export type BackendErrorCode =
+  | "fenced"
+  | "not_connecting"
+  | "server_not_live"
+  | "invalid_argument"
+  | "unavailable"
+  | "unexpected";
+
+export class BackendError extends Error {
+  constructor(readonly code: BackendErrorCode, message: string, readonly status?: number) {
+    super(message);
+    this.name = "BackendError";
+  }
+}
+
+const KNOWN_CODES: BackendErrorCode[] = [
+  "fenced",
+  "not_connecting",
+  "server_not_live",
+  "invalid_argument",
+];
+
+interface PostgrestLikeError {
+  message?: string;
+  code?: string;
+}
+
+export function toBackendError(error: PostgrestLikeError, status?: number): BackendError {
+  const message = error.message ?? "unknown error";
+  const known = KNOWN_CODES.find((code) => code === message);
+  if (known) return new BackendError(known, message, status);
+  if (status === undefined || status === 0 || status >= 500) {
+    return new BackendError("unavailable", message, status);
+  }
+  return new BackendError("unexpected", message, status);
+}
+
+/**
+ * The BackendApi over supabase-js `rpc()` with the project's secret key. Every
+ * call carries a timeout: a hung request must never keep a worker waiting past
+ * its lease.
+ */
+export function supabaseBackend(client: SupabaseClient, requestTimeoutMs = 5_000): BackendApi {
+  async function call<T>(fn: string, args: Record<string, unknown>): Promise<T> {
+    let result;
+    try {
+      result = await client.rpc(fn, args).abortSignal(AbortSignal.timeout(requestTimeoutMs));
+    } catch (error) {
+      throw new BackendError("unavailable", error instanceof Error ? error.message : String(error));
+    }
+    if (result.error) throw toBackendError(result.error, result.status);
+    return result.data as T;
+  }
+
+  return {
+    async heartbeat(input) {
+      const data = await call<{
+        server_id: string;
+        heartbeat_timeout_ms: number;
+        connecting_grace_ms: number;
+        lease_expires_at: string;
+      }>("server_heartbeat", {
+        p_server_name: input.serverName,
+        p_current_load: input.currentLoad,
+        p_max_capacity: input.maxCapacity,
+        p_metadata: input.metadata,
+      });
+      return {
+        serverId: data.server_id,
+        heartbeatTimeoutMs: Number(data.heartbeat_timeout_ms),
+        connectingGraceMs: Number(data.connecting_grace_ms),
+        leaseExpiresAt: data.lease_expires_at,
+      };
+    },
+    async claimDevices(serverId, limit) {
+      const rows = await call<
+        {
+          device_id: string;
+          assignment_epoch: number;
+          device_name: string | null;
+          claimed: boolean;
+        }[]
+      >("claim_devices", { p_server_id: serverId, p_limit: limit });
+      return (rows ?? []).map((row) => ({
+        deviceId: row.device_id,
+        epoch: Number(row.assignment_epoch),
+        deviceName: row.device_name,
+        claimed: row.claimed,
+      }));
+    },
+    async publishQr(write) {
+      await call("publish_device_qr", {
+        p_device_id: write.deviceId,
+        p_server_id: write.serverId,
+        p_epoch: write.epoch,
+        p_qr: write.qr,
+        p_expires_at: write.expiresAt.toISOString(),
+      });
+    },
+    async reportStatus(write) {
+      await call("report_device_status", {
+        p_device_id: write.deviceId,
+        p_server_id: write.serverId,
+        p_epoch: write.epoch,
+        p_status: write.status,
+        p_error: write.error ?? null,
+      });
+    },
+    async shutdown(serverId) {
+      const data = await call<{ released: number; reassigned: number }>("server_shutdown", {
+        p_server_id: serverId,
+      });
+      return { released: Number(data.released), reassigned: Number(data.reassigned) };
+    },
+  };
+}

@@ -1,0 +1,43 @@
+/**
+ * Reads the stack's URL and keys from the environment, falling back to the
+ * git-ignored `.env.local` that `make up` writes (what `supabase status` prints).
+ */
+export function stackEnv(): {
+  url: string;
+  secretKey: string;
+  publishableKey?: string;
+  dbUrl?: string;
+} {
+  const fileVars = readEnvFile(new URL("../.env.local", import.meta.url));
+  const get = (name: string) => Deno.env.get(name) ?? fileVars[name];
+  const url = get("SUPABASE_URL");
+  const secretKey = get("SUPABASE_SECRET_KEY") ?? get("SUPABASE_SERVICE_ROLE_KEY");
+  if (!url || !secretKey) {
+    throw new Error(
+      "SUPABASE_URL and SUPABASE_SECRET_KEY (or SUPABASE_SERVICE_ROLE_KEY) must be set, " +
+        "or run `make up` to write .env.local",
+    );
+  }
+  return {
+    url,
+    secretKey,
+    publishableKey: get("SUPABASE_PUBLISHABLE_KEY") ?? get("SUPABASE_ANON_KEY"),
+    dbUrl: get("SUPABASE_DB_URL"),
+  };
+}
+
+export function readEnvFile(path: URL): Record<string, string> {
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch {
+    return {};
+  }
+  const vars: Record<string, string> = {};
+  for (const line of text.split("\n")) {
+    const match = line.match(/^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$/);
+    if (!match) continue;
+    vars[match[1]] = match[2].replace(/^(['"])(.*)\1$/, "$2");
+  }
+  return vars;
+}
