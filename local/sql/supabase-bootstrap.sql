@@ -117,4 +117,3 @@ grant select on auth.users to service_role;
 
 -- pgTAP lives in `extensions` as on a hosted project where tests enable it.
 create extension if not exists pgtap with schema extensions;
-create extension if not exists plpgsql_check with schema extensions;

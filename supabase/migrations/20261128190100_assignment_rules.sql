@@ -7,6 +7,10 @@
 
 alter default privileges in schema device_assignment revoke execute on functions from public;
 
+-- Functions that plan over sets of devices carry `set jit = off`: their row
+-- estimates (generate_series, array parameters) look large enough to trigger
+-- JIT compilation, which costs ~300 ms against a sub-millisecond run.
+
 -- A server is live when it is active, healthy, and heartbeated within the timeout.
 create or replace view device_assignment.live_servers as
 select s.*
@@ -107,6 +111,7 @@ returns table (device_id uuid, from_server_id uuid, to_server_id uuid)
 language sql
 stable
 set search_path = ''
+set jit = off
 as $$
   with moving as (
     select d.id,
@@ -175,6 +180,7 @@ create or replace function device_assignment.assign_devices(
 returns table (device_id uuid, from_server_id uuid, to_server_id uuid, epoch bigint)
 language plpgsql
 set search_path = ''
+set jit = off
 as $$
 #variable_conflict use_column
 declare
@@ -265,6 +271,7 @@ create or replace function device_assignment.heal_devices(p_device_ids uuid[], p
 returns table (device_id uuid, action text, from_server_id uuid, to_server_id uuid)
 language plpgsql
 set search_path = ''
+set jit = off
 as $$
 #variable_conflict use_column
 declare

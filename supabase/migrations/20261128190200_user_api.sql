@@ -28,6 +28,7 @@ returns jsonb
 language sql
 stable
 set search_path = ''
+set jit = off
 as $$
   with state as (
     select case
@@ -74,6 +75,7 @@ returns jsonb
 language plpgsql
 security definer
 set search_path = ''
+set jit = off
 as $$
 declare
   v_uid uuid := device_assignment.current_user_id();
@@ -122,6 +124,7 @@ returns jsonb
 language plpgsql
 security definer
 set search_path = ''
+set jit = off
 as $$
 declare
   v_uid uuid := device_assignment.current_user_id();
@@ -150,6 +153,7 @@ create or replace function device_assignment.restart_pairing(
 returns jsonb
 language plpgsql
 set search_path = ''
+set jit = off
 as $$
 declare
   v_wait interval := device_assignment.cooldown_remaining(p_device.last_reassigned_at);

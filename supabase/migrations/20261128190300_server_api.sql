@@ -13,6 +13,7 @@ returns jsonb
 language plpgsql
 security definer
 set search_path = ''
+set jit = off
 as $$
 declare
   v_server public.backend_servers;
@@ -74,6 +75,7 @@ returns table (
 language plpgsql
 security definer
 set search_path = ''
+set jit = off
 as $$
 #variable_conflict use_column
 declare
@@ -158,6 +160,7 @@ create or replace function device_assignment.fenced_device(
 returns public.devices
 language plpgsql
 set search_path = ''
+set jit = off
 as $$
 declare
   v_device public.devices;
@@ -187,6 +190,7 @@ returns jsonb
 language plpgsql
 security definer
 set search_path = ''
+set jit = off
 as $$
 declare
   v_device public.devices;
@@ -234,6 +238,7 @@ returns jsonb
 language plpgsql
 security definer
 set search_path = ''
+set jit = off
 as $$
 begin
   if p_status is null
@@ -269,6 +274,7 @@ returns jsonb
 language plpgsql
 security definer
 set search_path = ''
+set jit = off
 as $$
 declare
   v_name text;

@@ -11,6 +11,7 @@ returns jsonb
 language plpgsql
 security definer
 set search_path = ''
+set jit = off
 as $$
 declare
   v_dry_run boolean := coalesce(p_dry_run, false);
@@ -85,6 +86,7 @@ returns jsonb
 language plpgsql
 security definer
 set search_path = ''
+set jit = off
 as $$
 declare
   v_started timestamptz := clock_timestamp();
@@ -139,6 +141,7 @@ returns jsonb
 language plpgsql
 security definer
 set search_path = ''
+set jit = off
 as $$
 declare
   v_events integer;
@@ -163,6 +166,7 @@ returns jsonb
 language plpgsql
 security definer
 set search_path = ''
+set jit = off
 as $$
 declare
   v_cron jsonb := '[]'::jsonb;

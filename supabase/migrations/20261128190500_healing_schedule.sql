@@ -18,7 +18,7 @@ begin
     return;
   end if;
 
-  create extension if not exists pg_cron;
+  create extension if not exists pg_cron with schema pg_catalog;
   -- extversion looks like '1.4-1' (Debian) or '1.6.4'.
   select string_to_array(substring(e.extversion from '^[0-9.]+'), '.')::integer[] into v_version
   from pg_extension e where e.extname = 'pg_cron';

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Every test of the project, on a freshly built local stack:
+#   migrations (empty database, re-applied, legacy upgrade), lint and advisor
+#   gates, pgTAP (supabase/tests/database), and the Deno suites in tests/
+#   (gateway fidelity, functions in-process and end to end, worker, demo).
+# Ends with one line: "N passed, M failed".
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export PATH="$ROOT/node_modules/.bin:$PATH"
+RESULTS="$ROOT/test-results"
+mkdir -p "$RESULTS"
+
+passed=0
+failed=0
+failures=()
+
+record() { # record <name> <passed> <failed>
+  passed=$((passed + $2))
+  failed=$((failed + $3))
+  if [ "$3" -gt 0 ]; then failures+=("$1 ($3)"); fi
+  printf '== %-48s %d passed, %d failed\n' "$1" "$2" "$3"
+}
+
+gate() { # gate <name> <command...>: one test that passes when the command does
+  local name="$1"; shift
+  local logfile="$RESULTS/$(echo "$name" | tr ' /' '__').log"
+  if "$@" >"$logfile" 2>&1; then record "$name" 1 0; else
+    tail -40 "$logfile"; record "$name" 0 1; fi
+}
+
+tap() { # tap <name> <pg_prove args...>: counts TAP lines
+  local name="$1"; shift
+  local logfile="$RESULTS/$(echo "$name" | tr ' /' '__').log"
+  pg_prove --verbose "$@" >"$logfile" 2>&1
+  local rc=$?
+  local ok notok
+  ok=$(grep -cE '^ok [0-9]+' "$logfile")
+  notok=$(grep -cE '^not ok [0-9]+' "$logfile")
+  if [ "$rc" -ne 0 ] && [ "$notok" -eq 0 ]; then notok=1; fi # plan mismatch, crash
+  if [ "$rc" -ne 0 ]; then grep -E '^not ok|^#|Failed|Dubious|ERROR' "$logfile" | head -60; fi
+  record "$name" "$ok" "$notok"
+}
+
+deno_suite() { # deno_suite <name> <deno test args...>
+  local name="$1"; shift
+  local logfile="$RESULTS/$(echo "$name" | tr ' /' '__').log"
+  deno test --quiet "$@" >"$logfile" 2>&1
+  local rc=$?
+  local line p f
+  line=$(grep -E '^(ok|FAILED) \| [0-9]+ passed' "$logfile" | tail -1)
+  p=$(sed -E 's/.*\| ([0-9]+) passed.*/\1/' <<<"$line")
+  f=$(sed -E 's/.*\| ([0-9]+) failed.*/\1/' <<<"$line")
+  p=${p:-0}; f=${f:-0}
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+  if [ "$rc" -ne 0 ]; then sed -n '/ERRORS/,$p' "$logfile" | head -120; [ -n "$line" ] || tail -40 "$logfile"; fi
+  record "$name" "$p" "$f"
+}
+
+local/setup.sh || { echo "0 passed, 1 failed"; exit 1; }
+local/gateway.sh stop >/dev/null 2>&1 || true
+DB_URL="$(local/db.sh url)"
+export PGPASSWORD=postgres
+
+gate "migrations apply to an empty database" local/db.sh reset
+gate "migrations re-apply without change" bash -c '
+  before=$(local/db.sh psql -At -c "select count(*) from cron.job")
+  for f in supabase/migrations/*.sql; do local/db.sh psql -f "$f" >/dev/null 2>&1 || exit 1; done
+  after=$(local/db.sh psql -At -c "select count(*) from cron.job")
+  [ "$before" = "$after" ]'
+gate "legacy database upgrades in place" local/legacy-upgrade.sh
+gate "supabase db lint (warning)" supabase db lint --db-url "$DB_URL" --level warning \
+  --schema public,device_assignment --fail-on warning
+gate "supabase db advisors (warn)" supabase db advisors --db-url "$DB_URL" --fail-on warn
+
+tap "pgTAP supabase/tests/database" -h 127.0.0.1 -p 54322 -U postgres -d postgres \
+  supabase/tests/database/ 
+tap "pgTAP legacy upgrade" -h 127.0.0.1 -p 54322 -U postgres -d legacy_upgrade \
+  local/fixtures/legacy_upgrade.test.sql
+
+# The Deno suites reach the stack through SUPABASE_URL and keys only.
+if [ -x local/gateway.sh ]; then
+  gate "local gateway starts" local/gateway.sh start
+fi
+gate "deno fmt --check" deno fmt --check
+gate "deno lint" deno lint
+deno_suite "deno tests" -A --no-check=remote tests/
+
+echo
+if [ "${#failures[@]}" -gt 0 ]; then printf 'failed: %s\n' "${failures[@]}"; fi
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
