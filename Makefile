@@ -1,0 +1,27 @@
+# The front door. Every target does its own set-up (local/setup.sh) on a fresh
+# Debian machine with Node only.
+.PHONY: dev test up down db-reset setup status reset-device reset-inactive reset-all bench chaos
+
+dev: setup          ## the main job: local stack + fleet + live demo (Ctrl-C stops all)
+	@local/dev.sh
+
+test:               ## every test; ends with "N passed, M failed"
+	@local/test.sh
+
+setup:
+	@local/setup.sh
+
+up: setup           ## start database and API gateway, detached
+	@local/db.sh start
+	@if [ -x local/gateway.sh ]; then local/gateway.sh start; fi
+
+down:               ## stop everything make up started
+	@if [ -x local/gateway.sh ]; then local/gateway.sh stop; fi
+	@local/db.sh stop
+
+db-reset: setup     ## throw the local database away and rebuild it from the migrations
+	@if [ -x local/gateway.sh ]; then local/gateway.sh stop; fi
+	@local/db.sh reset
+
+status: up          ## operator view of assignment_health()
+	@node_modules/.bin/deno run -A cli/operator.ts status
