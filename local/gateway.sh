@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The Docker-free local Supabase API gateway (local/gateway/main.ts) on
+# 127.0.0.1:54321: PostgREST-style RPC, edge functions, JWKS. Runs detached;
+# its pid file and logs live in the state dir of local/db.sh.
+#
+#   local/gateway.sh start    start, idempotent; writes .env.local
+#   local/gateway.sh stop     stop it and every function process, idempotent
+#   local/gateway.sh status   exit 0 when running and healthy
+#   local/gateway.sh restart
+#
+# Logs: <state>/gateway/gateway.log (stdout/stderr), <state>/gateway/requests.log
+# (one line per request), <state>/gateway/functions/<name>.log.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DENO="$ROOT/node_modules/.bin/deno"
+PORT="${GATEWAY_PORT:-54321}"
+STATE="$("$ROOT/local/db.sh" state-dir)"
+DIR="$STATE/gateway"
+PIDFILE="$DIR/gateway.pid"
+OUTLOG="$DIR/gateway.log"
+URL="http://127.0.0.1:$PORT"
+
+log() { printf '[gateway] %s\n' "$*" >&2; }
+
+pid_alive() {
+  [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null
+}
+
+healthy() {
+  curl -fsS -m 2 "$URL/_gateway/health" >/dev/null 2>&1
+}
+
+port_taken() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null
+}
+
+start() {
+  mkdir -p "$DIR"
+  if pid_alive && healthy; then
+    log "already running on $URL (pid $(cat "$PIDFILE"))"
+    return 0
+  fi
+  if pid_alive; then
+    log "pid $(cat "$PIDFILE") is alive but not healthy; restarting it"
+    stop
+  fi
+  if port_taken; then
+    log "port $PORT is taken by another process; stop it (or set GATEWAY_PORT) and retry"
+    exit 1
+  fi
+  # Its own session (process group), so stop can end it and its function processes together.
+  (
+    cd "$ROOT"
+    GATEWAY_PORT="$PORT" GATEWAY_STATE_DIR="$STATE" \
+      setsid "$DENO" run --allow-all --quiet --unstable-no-legacy-abort "$ROOT/local/gateway/main.ts" \
+      >>"$OUTLOG" 2>&1 </dev/null &
+    echo $! >"$PIDFILE"
+  )
+  for _ in $(seq 1 150); do
+    if healthy; then
+      log "running on $URL (pid $(cat "$PIDFILE")); logs in $DIR"
+      return 0
+    fi
+    if ! pid_alive; then
+      log "failed to start; last lines of $OUTLOG:"
+      tail -n 20 "$OUTLOG" >&2
+      rm -f "$PIDFILE"
+      exit 1
+    fi
+    sleep 0.2
+  done
+  log "did not become healthy within 30 s; see $OUTLOG"
+  stop
+  exit 1
+}
+
+stop() {
+  if ! [ -f "$PIDFILE" ]; then
+    log "not running"
+    return 0
+  fi
+  local pid
+  pid="$(cat "$PIDFILE")"
+  if kill -0 "$pid" 2>/dev/null; then
+    # The gateway stops its function processes on SIGTERM; the group kill is the fallback.
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    log "stopped"
+  else
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    log "not running (stale pid file removed)"
+  fi
+  rm -f "$PIDFILE"
+}
+
+status() {
+  if pid_alive && healthy; then
+    log "running on $URL (pid $(cat "$PIDFILE"))"
+  else
+    log "not running"
+    return 1
+  fi
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  restart) stop; start ;;
+  status) status ;;
+  url) echo "$URL" ;;
+  *) echo "usage: local/gateway.sh start|stop|restart|status|url" >&2; exit 2 ;;
+esac

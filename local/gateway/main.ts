@@ -1,0 +1,147 @@
+/**
+ * The Docker-free local Supabase API gateway: Data API RPC, edge functions and
+ * the project's JWKS on one port, in front of the local database.
+ * Started and stopped by local/gateway.sh; every setting has a default.
+ *
+ *   GATEWAY_HOST / GATEWAY_PORT   where to listen (127.0.0.1:54321; port 0 picks a free one)
+ *   GATEWAY_STATE_DIR             signing key, request log, function logs (<repo>/.local)
+ *   SUPABASE_DB_URL               the database, as functions get it (postgres@127.0.0.1:54322)
+ *   GATEWAY_DB_URL                how the gateway connects (same server, as `authenticator`)
+ *   FUNCTIONS_DIR                 functions to serve (<repo>/supabase/functions)
+ *   FUNCTIONS_CONFIG              their config.toml (FUNCTIONS_DIR/../config.toml)
+ *   GATEWAY_ENV_FILE              where to write .env.local (<repo>/.env.local; empty: don't)
+ *   GATEWAY_PREWARM               start every function at startup (1; 0: on first request)
+ *   ALLOWED_ORIGINS               CORS origins, comma-separated (*), passed on to functions
+ */
+import postgres from "postgres";
+import { FunctionHost } from "./functions.ts";
+import { createJwtVerifier } from "./jwt.ts";
+import {
+  ANON_KEY,
+  JWT_SECRET,
+  loadSigningKeys,
+  PUBLISHABLE_KEY,
+  SECRET_KEY,
+  SERVICE_ROLE_KEY,
+} from "./keys.ts";
+import { RequestLog } from "./request_log.ts";
+import { createHandler, errorResponse } from "./server.ts";
+
+const REPO = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+const env = (name: string, fallback: string) => Deno.env.get(name) ?? fallback;
+
+const host = env("GATEWAY_HOST", "127.0.0.1");
+const port = Number(env("GATEWAY_PORT", "54321"));
+const stateDir = env("GATEWAY_STATE_DIR", `${REPO}/.local`);
+const dbUrl = env("SUPABASE_DB_URL", "postgresql://postgres:postgres@127.0.0.1:54322/postgres");
+const gatewayDbUrl = env(
+  "GATEWAY_DB_URL",
+  (() => {
+    const url = new URL(dbUrl);
+    url.username = "authenticator";
+    url.password = "postgres";
+    return url.href;
+  })(),
+);
+const functionsDir = env("FUNCTIONS_DIR", `${REPO}/supabase/functions`);
+const functionsConfig = env(
+  "FUNCTIONS_CONFIG",
+  `${functionsDir.replace(/\/[^/]*\/?$/, "")}/config.toml`,
+);
+const envFile = env("GATEWAY_ENV_FILE", `${REPO}/.env.local`);
+const prewarm = env("GATEWAY_PREWARM", "1") !== "0";
+
+await Deno.mkdir(`${stateDir}/gateway`, { recursive: true });
+const { jwks } = await loadSigningKeys(stateDir);
+const verifier = createJwtVerifier(JWT_SECRET, jwks);
+const sql = postgres(gatewayDbUrl, {
+  max: 20,
+  idle_timeout: 30,
+  connect_timeout: 5,
+  onnotice: () => {},
+  connection: { application_name: "local-gateway" },
+});
+const log = await RequestLog.open(env("GATEWAY_REQUEST_LOG", `${stateDir}/gateway/requests.log`));
+
+/** Starts the functions once the port is known, since SUPABASE_URL carries it. */
+function functionHost(url: string): FunctionHost {
+  const functionEnv: Record<string, string> = {
+    SUPABASE_URL: url,
+    SUPABASE_PUBLISHABLE_KEYS: JSON.stringify({ default: PUBLISHABLE_KEY }),
+    SUPABASE_SECRET_KEYS: JSON.stringify({ default: SECRET_KEY }),
+    SUPABASE_JWKS: JSON.stringify(jwks),
+    SUPABASE_ANON_KEY: ANON_KEY,
+    SUPABASE_SERVICE_ROLE_KEY: SERVICE_ROLE_KEY,
+    SUPABASE_DB_URL: dbUrl,
+    SB_REGION: "local",
+    // Process plumbing, not configuration: the shared module cache and a quiet runtime.
+    DENO_DIR: Deno.env.get("DENO_DIR") ?? `${Deno.env.get("HOME") ?? "/root"}/.cache/deno`,
+    NO_COLOR: "1",
+  };
+  const origins = Deno.env.get("ALLOWED_ORIGINS");
+  if (origins !== undefined) functionEnv.ALLOWED_ORIGINS = origins;
+  return new FunctionHost({
+    functionsDir,
+    configToml: functionsConfig,
+    env: functionEnv,
+    logDir: `${stateDir}/gateway/functions`,
+    verifier,
+    errorResponse,
+  });
+}
+
+let functions: FunctionHost | null = null;
+const handler = createHandler({
+  sql,
+  verifier,
+  jwks,
+  log,
+  get functions() {
+    return functions!;
+  },
+});
+
+const server = Deno.serve({
+  hostname: host,
+  port,
+  onListen: () => {},
+}, handler);
+const url = `http://${host}:${server.addr.port}`;
+functions = functionHost(url);
+
+if (envFile !== "") {
+  const lines = [
+    "# Written by local/gateway.sh: the local stack's URL and keys, as `supabase status -o env` prints them.",
+    `SUPABASE_URL=${url}`,
+    `SUPABASE_PUBLISHABLE_KEY=${PUBLISHABLE_KEY}`,
+    `SUPABASE_SECRET_KEY=${SECRET_KEY}`,
+    `SUPABASE_ANON_KEY=${ANON_KEY}`,
+    `SUPABASE_SERVICE_ROLE_KEY=${SERVICE_ROLE_KEY}`,
+    `SUPABASE_JWT_SECRET=${JWT_SECRET}`,
+    `SUPABASE_DB_URL=${dbUrl}`,
+  ];
+  await Deno.writeTextFile(envFile, lines.join("\n") + "\n");
+}
+
+console.log(`gateway listening on ${url} (functions: ${functionsDir})`);
+
+if (prewarm) {
+  const started = performance.now();
+  functions.prewarm().then(() =>
+    console.log(`functions started in ${(performance.now() - started).toFixed(0)} ms`)
+  );
+}
+
+let stopping = false;
+async function stop(signal: Deno.Signal) {
+  if (stopping) return;
+  stopping = true;
+  console.log(`${signal}: stopping`);
+  await functions?.shutdown();
+  await server.shutdown();
+  await sql.end({ timeout: 2 });
+  log.close();
+  Deno.exit(0);
+}
+Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
+Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
