@@ -1,0 +1,129 @@
+/**
+ * Who is calling: a signed-in user (their JWT, verified against the project's
+ * JWKS by @supabase/server) or an operator (the project's secret key). The
+ * caller comes back with an `Rpc` bound to the right database role, so a
+ * handler cannot call SQL with more rights than the caller has.
+ *
+ * `createSupabaseContext` is used rather than `withSupabase`: the two run the
+ * same verification, but `withSupabase` answers failures itself with its own
+ * body, while the contract wants `{"error": {code, message, details}}` and
+ * our CORS policy on every 401.
+ */
+import { createSupabaseContext } from "@supabase/server";
+import type { SupabaseEnv } from "@supabase/server";
+import { createClient } from "@supabase/supabase-js";
+import { ApiError } from "./http.ts";
+import { type Rpc, rpcThrough } from "./rpc.ts";
+
+export type Caller =
+  | { kind: "user"; userId: string; rpc: Rpc }
+  | { kind: "operator"; rpc: Rpc };
+
+export type Authenticate = (request: Request) => Promise<Caller>;
+
+export interface AuthOptions {
+  /** Accept operators (secret key) besides users. */
+  operators: boolean;
+  /** Overrides for SUPABASE_URL, keys and JWKS; tests pass their own. */
+  env?: Partial<SupabaseEnv>;
+  /**
+   * The legacy JWT-shaped service-role key (SUPABASE_SERVICE_ROLE_KEY), still
+   * injected by the platform. @supabase/server refuses legacy keys by design,
+   * so it is matched here, and only for operator endpoints.
+   */
+  serviceRoleKey?: string;
+}
+
+export function supabaseAuth(options: AuthOptions): Authenticate {
+  return async (request) => {
+    if (options.operators && options.serviceRoleKey) {
+      const operator = await legacyServiceRole(request, options.serviceRoleKey, options.env?.url);
+      if (operator) return operator;
+    }
+
+    const { data: ctx, error } = await createSupabaseContext(request, {
+      // Operators first: an `apikey` that is a secret key wins even when a
+      // stale user token rides along in Authorization.
+      auth: options.operators ? ["secret:*", "user"] : "user",
+      env: options.env,
+      cors: "disabled",
+    });
+    if (error) throw authFailure(error);
+
+    if (ctx.authMode === "user" && ctx.userClaims) {
+      return { kind: "user", userId: ctx.userClaims.id, rpc: rpcThrough(ctx.supabase) };
+    }
+    if (ctx.authMode === "secret") return { kind: "operator", rpc: rpcThrough(ctx.supabaseAdmin) };
+    throw new ApiError("unauthorized", "These credentials do not identify a user.");
+  };
+}
+
+interface ServerError {
+  code: string;
+  status: number;
+  message: string;
+  hint?: string;
+}
+
+/** @supabase/server errors carry no secret material (its docs promise it), so their hint is passed on. */
+function authFailure(error: ServerError): ApiError {
+  const details = { reason: error.code, hint: error.hint ?? null };
+  if (error.code === "JWKS_FETCH_FAILED") {
+    return new ApiError(
+      "database_unavailable",
+      "The signing keys needed to check the token cannot be fetched right now.",
+      { details },
+    );
+  }
+  if (error.status >= 500) {
+    console.log(
+      JSON.stringify({ level: "error", event: "auth_misconfigured", reason: error.code }),
+    );
+    return new ApiError(
+      "server_misconfigured",
+      "This function cannot check credentials: its environment is incomplete.",
+      { details: { reason: error.code } },
+    );
+  }
+  return new ApiError("unauthorized", error.message.replace(/^\[@supabase\/server\]\s*/, ""), {
+    details,
+  });
+}
+
+async function legacyServiceRole(
+  request: Request,
+  serviceRoleKey: string,
+  url: string | undefined,
+): Promise<Caller | null> {
+  const apikey = request.headers.get("apikey");
+  const authorization = request.headers.get("authorization");
+  const bearer = authorization?.startsWith("Bearer ") ? authorization.slice(7) : null;
+  const candidates = [apikey, bearer].filter((v): v is string => Boolean(v));
+  for (const candidate of candidates) {
+    if (await sameSecret(candidate, serviceRoleKey)) {
+      const supabaseUrl = url ?? Deno.env.get("SUPABASE_URL");
+      if (!supabaseUrl) {
+        throw new ApiError("server_misconfigured", "SUPABASE_URL is not set for this function.");
+      }
+      const client = createClient(supabaseUrl, serviceRoleKey, {
+        auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+      });
+      return { kind: "operator", rpc: rpcThrough(client) };
+    }
+  }
+  return null;
+}
+
+/** Compares digests, so the time taken says nothing about how much of the key matched. */
+async function sameSecret(given: string, expected: string): Promise<boolean> {
+  const encoder = new TextEncoder();
+  const [a, b] = await Promise.all([
+    crypto.subtle.digest("SHA-256", encoder.encode(given)),
+    crypto.subtle.digest("SHA-256", encoder.encode(expected)),
+  ]);
+  const x = new Uint8Array(a);
+  const y = new Uint8Array(b);
+  let diff = 0;
+  for (let i = 0; i < x.length; i++) diff |= x[i] ^ y[i];
+  return diff === 0;
+}

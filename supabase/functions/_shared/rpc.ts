@@ -1,0 +1,109 @@
+/**
+ * The one way these functions reach the database: a PostgREST RPC through
+ * supabase-js, and the mapping of its refusals (docs/sql-api.md, "Errors") to
+ * ApiError codes. Handlers receive an `Rpc` so tests can hand them a fake.
+ */
+import type { SupabaseClient } from "@supabase/supabase-js";
+import { ApiError, type ErrorCode } from "./http.ts";
+
+export type RpcArgs = Record<string, unknown>;
+
+/** Calls one public SQL function and resolves with its result, or throws an ApiError. */
+export type Rpc = (name: string, args: RpcArgs, signal?: AbortSignal) => Promise<unknown>;
+
+/** The fields of a PostgREST error body that the mapping looks at. */
+export interface PostgrestFailure {
+  code?: string | null;
+  message?: string | null;
+  details?: string | null;
+}
+
+export function rpcThrough(client: SupabaseClient): Rpc {
+  return async (name, args, signal) => {
+    let result;
+    try {
+      let call = client.rpc(name, args);
+      if (signal) call = call.abortSignal(signal);
+      result = await call;
+    } catch {
+      throw databaseUnavailable();
+    }
+    if (result.error) throw rpcError(result.status, result.error);
+    return result.data;
+  };
+}
+
+/** What each SQL refusal means to an HTTP caller. Codes absent here are our bug, not theirs. */
+const SQL_REFUSALS: Record<string, { code: ErrorCode; message: string }> = {
+  unauthorized: {
+    code: "unauthorized",
+    message: "The database did not accept these credentials; sign in again.",
+  },
+  not_found: {
+    code: "not_found",
+    message: "No device with this id belongs to you.",
+  },
+  already_connected: {
+    code: "already_connected",
+    message: "The device is already connected; disconnect it before pairing again.",
+  },
+  cooldown: {
+    code: "cooldown",
+    message: "The device was reassigned moments ago; retry after the Retry-After delay.",
+  },
+  no_active_servers: {
+    code: "no_active_servers",
+    message: "No backend server is live right now; the device will be picked up as soon as one is.",
+  },
+  invalid_argument: {
+    code: "invalid_request",
+    message: "The database rejected an argument.",
+  },
+};
+
+/** SQLSTATE classes and PostgREST codes that mean "the database cannot be reached right now". */
+function isUnavailable(status: number, code: string): boolean {
+  if (status === 0 || status === 502 || status === 503 || status === 504) return true;
+  if (["PGRST000", "PGRST001", "PGRST002"].includes(code)) return true;
+  return code.startsWith("08") || code === "57P01" || code === "57P03" || code === "53300";
+}
+
+/** Maps one failed RPC to an ApiError; the upstream message is used only when it is a known code. */
+export function rpcError(status: number, error: PostgrestFailure): ApiError {
+  const code = error.code ?? "";
+  const message = error.message ?? "";
+  const refusal = code.startsWith("PT") ? SQL_REFUSALS[message] : undefined;
+  if (refusal) {
+    const details = parseDetails(error.details);
+    const retryAfterMs = typeof details?.retry_after_ms === "number"
+      ? details.retry_after_ms
+      : null;
+    return new ApiError(refusal.code, refusal.message, { details, retryAfterMs });
+  }
+  if (isUnavailable(status, code)) return databaseUnavailable();
+  if (status === 401 || code === "PGRST301" || code === "PGRST303") {
+    return new ApiError("unauthorized", "The database did not accept these credentials.", {
+      details: { hint: "Sign in again to get a fresh access token." },
+    });
+  }
+  console.log(JSON.stringify({ level: "error", event: "rpc_failed", status, sqlstate: code }));
+  return new ApiError("internal_error", "The database answered with an unexpected error.");
+}
+
+export function databaseUnavailable(): ApiError {
+  return new ApiError(
+    "database_unavailable",
+    "The database cannot be reached right now; retry after the Retry-After delay.",
+  );
+}
+
+/** PostgREST sends `details` as text; ours is a JSON object, anything else is dropped. */
+function parseDetails(details: string | null | undefined): Record<string, unknown> | null {
+  if (!details) return null;
+  try {
+    const parsed = JSON.parse(details);
+    return parsed !== null && typeof parsed === "object" && !Array.isArray(parsed) ? parsed : null;
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,193 @@
+/**
+ * get-device-qr: the QR state of the caller's device, as JSON or as an image.
+ * The SQL function `get_device_qr` decides everything (fresh or not, stale or
+ * orphaned, reassign now or not); this handler validates, authorizes, makes
+ * that one call, and renders the answer. With `wait`, it repeats the call
+ * until the answer changes.
+ */
+import { z } from "zod";
+import type { Authenticate } from "../_shared/auth.ts";
+import { type Clock, systemClock } from "../_shared/clock.ts";
+import {
+  ApiError,
+  Cors,
+  errorToResponse,
+  logLine,
+  methodNotAllowed,
+  readJsonBody,
+  rejectDeclaredOversize,
+  Responder,
+  retryAfterSeconds,
+} from "../_shared/http.ts";
+import type { QrImages } from "../_shared/qr.ts";
+import type { Rpc } from "../_shared/rpc.ts";
+import { validate } from "../_shared/validate.ts";
+import { pollUntilChanged } from "./long-poll.ts";
+
+export const MAX_WAIT_SECONDS = 25;
+const METHODS = ["GET", "POST"] as const;
+
+/** A query string carries text; JSON may carry numbers. Both mean the same `wait`. */
+const waitSeconds = z.preprocess(
+  (v) => (typeof v === "string" && v.trim() !== "" ? Number(v) : v),
+  z.number({ error: "wait must be a number of seconds" }).min(0).max(MAX_WAIT_SECONDS),
+);
+
+export const QrRequest = z.object({
+  device_id: z.guid({ error: "device_id must be a UUID" }),
+  format: z.enum(["json", "png", "svg"], { error: "format must be json, png or svg" }).default(
+    "json",
+  ),
+  wait: waitSeconds.default(0),
+  since: z.iso.datetime({ offset: true, error: "since must be an ISO 8601 time" }).nullish(),
+});
+export type QrRequest = z.infer<typeof QrRequest>;
+
+/** What `get_device_qr` returns (docs/sql-api.md); fields the response does not use are not listed. */
+const SqlQrState = z.object({
+  device_id: z.string(),
+  status: z.string(),
+  qr: z.object({
+    value: z.string(),
+    updated_at: z.string().nullish(),
+    expires_at: z.string().nullish(),
+  }).nullish(),
+  server: z.object({ id: z.string(), name: z.string().nullish() }).nullish(),
+  reason: z.string().nullish(),
+  reassigned: z.boolean().nullish(),
+  retry_after_ms: z.number().nullish(),
+  last_error: z.string().nullish(),
+});
+type SqlQrState = z.infer<typeof SqlQrState>;
+
+export interface GetDeviceQrDeps {
+  authenticate: Authenticate;
+  images: QrImages;
+  allowedOrigins?: string;
+  clock?: Clock;
+}
+
+/** Statuses that can change by themselves while a client waits; the others need an action first. */
+const WAITABLE = new Set(["pending", "ready"]);
+
+/** Retry-After for a 202 when the SQL gave no hint. */
+const DEFAULT_RETRY_MS = 2000;
+
+export function createGetDeviceQrHandler(
+  deps: GetDeviceQrDeps,
+): (req: Request) => Promise<Response> {
+  const cors = new Cors(deps.allowedOrigins, METHODS);
+  const clock = deps.clock ?? systemClock;
+  const log = logLine("get-device-qr");
+
+  return async (request) => {
+    const responder = new Responder(cors, request);
+    if (request.method === "OPTIONS") return responder.preflight();
+    try {
+      if (!(METHODS as readonly string[]).includes(request.method)) {
+        throw methodNotAllowed(request.method, METHODS);
+      }
+      rejectDeclaredOversize(request);
+      const caller = await deps.authenticate(request);
+      const input = validate(QrRequest, await rawInput(request));
+
+      const check = () => readState(caller.rpc, input.device_id, request.signal);
+      const first = await check();
+      const { state } = await pollUntilChanged({
+        check,
+        first,
+        answerNow: (s) => !WAITABLE.has(s.status) || isNewToClient(s, input.since),
+        key: stateKey,
+        waitMs: input.wait * 1000,
+        clock,
+        signal: request.signal,
+      });
+      return await render(responder, deps.images, state, input.format);
+    } catch (error) {
+      return errorToResponse(responder, error, log);
+    }
+  };
+}
+
+async function readState(rpc: Rpc, deviceId: string, signal: AbortSignal): Promise<SqlQrState> {
+  const data = await rpc("get_device_qr", { p_device_id: deviceId }, signal);
+  const parsed = SqlQrState.safeParse(data);
+  if (!parsed.success) {
+    console.log(
+      JSON.stringify({ level: "error", event: "unexpected_sql_shape", rpc: "get_device_qr" }),
+    );
+    throw new ApiError("internal_error", "The database answered in an unexpected shape.");
+  }
+  return parsed.data;
+}
+
+/** A fresh QR the client does not hold yet (its `since` names another, or none). */
+function isNewToClient(state: SqlQrState, since: string | null | undefined): boolean {
+  if (!state.qr) return false;
+  if (!since) return true;
+  return instant(state.qr.updated_at) !== instant(since);
+}
+
+function stateKey(state: SqlQrState): string {
+  return JSON.stringify([state.status, state.qr?.value ?? null, instant(state.qr?.updated_at)]);
+}
+
+/** Compares times as instants: `+00:00` and `Z`, or extra digits, name the same moment. */
+function instant(time: string | null | undefined): number | null {
+  if (!time) return null;
+  const ms = Date.parse(time);
+  return Number.isNaN(ms) ? null : ms;
+}
+
+async function render(
+  responder: Responder,
+  images: QrImages,
+  state: SqlQrState,
+  format: QrRequest["format"],
+): Promise<Response> {
+  const fresh = state.status === "ready" && state.qr ? state.qr : null;
+  if (format === "png" && fresh) {
+    return responder.respond(await images.png(fresh.value) as Uint8Array<ArrayBuffer>, 200, {
+      "Content-Type": "image/png",
+    });
+  }
+  if (format === "svg" && fresh) {
+    return responder.respond(await images.svg(fresh.value), 200, {
+      "Content-Type": "image/svg+xml; charset=utf-8",
+    });
+  }
+  const body = await qrBody(images, state);
+  if (format === "json") return responder.json(body);
+  // An image was asked for but there is none to give yet: say why, and when to ask again.
+  return responder.json(body, 202, {
+    "Retry-After": String(retryAfterSeconds(state.retry_after_ms ?? DEFAULT_RETRY_MS)),
+  });
+}
+
+/** The contract's JSON body. */
+async function qrBody(images: QrImages, state: SqlQrState) {
+  return {
+    device_id: state.device_id,
+    status: state.status,
+    qr: state.qr
+      ? {
+        value: state.qr.value,
+        image: await images.dataUrl(state.qr.value),
+        updated_at: state.qr.updated_at ?? null,
+        expires_at: state.qr.expires_at ?? null,
+      }
+      : null,
+    server: state.server ? { id: state.server.id, name: state.server.name ?? null } : null,
+    reason: state.reason ?? null,
+    reassigned: state.reassigned ?? false,
+    retry_after_ms: state.retry_after_ms ?? null,
+    last_error: state.last_error ?? null,
+  };
+}
+
+/** GET reads the query string; POST reads the JSON body, over any query parameters. */
+async function rawInput(request: Request): Promise<Record<string, unknown>> {
+  const query: Record<string, unknown> = Object.fromEntries(new URL(request.url).searchParams);
+  if (request.method === "GET") return query;
+  return { ...query, ...(await readJsonBody(request)) };
+}

@@ -1,0 +1,143 @@
+/**
+ * The real @supabase/server verification, in-process: a signing key made here,
+ * its JWKS handed to `supabaseAuth` as the platform would, tokens minted here.
+ * The database calls are then checked by what the returned Rpc sends.
+ */
+import assert from "node:assert/strict";
+import * as jose from "jose";
+import { supabaseAuth } from "../../supabase/functions/_shared/auth.ts";
+import { ApiError } from "../../supabase/functions/_shared/http.ts";
+import { USER_ID } from "./fakes.ts";
+
+const PUBLISHABLE = "sb_publishable_test_key_for_in_process_auth";
+const SECRET = "sb_secret_test_key_for_in_process_auth";
+const SERVICE_ROLE = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.legacy-signature";
+
+const { privateKey, publicKey } = await jose.generateKeyPair("ES256", { extractable: true });
+const kid = crypto.randomUUID();
+const jwks = { keys: [{ ...(await jose.exportJWK(publicKey)), kid, alg: "ES256", use: "sig" }] };
+const env = {
+  url: "http://127.0.0.1:9",
+  publishableKeys: { default: PUBLISHABLE },
+  secretKeys: { default: SECRET },
+  jwks,
+};
+
+async function userToken(claims: Record<string, unknown> = {}, expiresIn = "1h", key = privateKey) {
+  return await new jose.SignJWT({ role: "authenticated", aud: "authenticated", ...claims })
+    .setProtectedHeader({ alg: "ES256", kid })
+    .setSubject(USER_ID)
+    .setIssuedAt()
+    .setExpirationTime(expiresIn)
+    .sign(key);
+}
+
+function req(headers: Record<string, string>): Request {
+  return new Request("http://localhost/functions/v1/x", { method: "POST", headers });
+}
+
+async function rejection(promise: Promise<unknown>): Promise<ApiError> {
+  try {
+    await promise;
+  } catch (error) {
+    assert.ok(error instanceof ApiError, `expected ApiError, got ${error}`);
+    return error;
+  }
+  assert.fail("expected the credentials to be refused");
+}
+
+const userOnly = supabaseAuth({ operators: false, env });
+const usersAndOperators = supabaseAuth({ operators: true, env, serviceRoleKey: SERVICE_ROLE });
+
+Deno.test("a valid user token identifies the user", async () => {
+  const caller = await userOnly(
+    req({ authorization: `Bearer ${await userToken()}`, apikey: PUBLISHABLE }),
+  );
+  assert.equal(caller.kind, "user");
+  assert.equal(caller.kind === "user" && caller.userId, USER_ID);
+});
+
+Deno.test("no credentials are unauthorized with a hint", async () => {
+  const error = await rejection(userOnly(req({})));
+  assert.equal(error.code, "unauthorized");
+  assert.equal(error.status, 401);
+  assert.equal((error.details as { reason: string }).reason, "MISSING_CREDENTIALS");
+  assert.ok((error.details as { hint: string }).hint);
+});
+
+Deno.test("an expired token is unauthorized", async () => {
+  const token = await userToken({}, "-1m");
+  const error = await rejection(userOnly(req({ authorization: `Bearer ${token}` })));
+  assert.equal(error.code, "unauthorized");
+});
+
+Deno.test("a token signed by another key is unauthorized", async () => {
+  const other = await jose.generateKeyPair("ES256");
+  const token = await userToken({}, "1h", other.privateKey);
+  const error = await rejection(userOnly(req({ authorization: `Bearer ${token}` })));
+  assert.equal(error.code, "unauthorized");
+});
+
+Deno.test("a malformed bearer is unauthorized", async () => {
+  const error = await rejection(userOnly(req({ authorization: "Bearer not.a.jwt" })));
+  assert.equal(error.code, "unauthorized");
+});
+
+Deno.test("the error never repeats the token it refused", async () => {
+  const token = await userToken({}, "-1m");
+  const error = await rejection(userOnly(req({ authorization: `Bearer ${token}` })));
+  assert.doesNotMatch(
+    JSON.stringify({ m: error.message, d: error.details }),
+    new RegExp(token.slice(-20)),
+  );
+});
+
+Deno.test("the secret key is not a user on a user-only function", async () => {
+  const error = await rejection(userOnly(req({ apikey: SECRET })));
+  assert.equal(error.code, "unauthorized");
+});
+
+Deno.test("the secret key in apikey is an operator where operators are accepted", async () => {
+  const caller = await usersAndOperators(req({ apikey: SECRET }));
+  assert.equal(caller.kind, "operator");
+});
+
+Deno.test("a user token is still a user where operators are accepted", async () => {
+  const caller = await usersAndOperators(
+    req({ authorization: `Bearer ${await userToken()}`, apikey: PUBLISHABLE }),
+  );
+  assert.equal(caller.kind, "user");
+});
+
+Deno.test("a wrong secret key is unauthorized", async () => {
+  const error = await rejection(usersAndOperators(req({ apikey: "sb_secret_wrong" })));
+  assert.equal(error.code, "unauthorized");
+});
+
+Deno.test("the legacy service-role key is an operator, in apikey or as bearer", async () => {
+  assert.equal((await usersAndOperators(req({ apikey: SERVICE_ROLE }))).kind, "operator");
+  assert.equal(
+    (await usersAndOperators(req({ authorization: `Bearer ${SERVICE_ROLE}` }))).kind,
+    "operator",
+  );
+});
+
+Deno.test("the legacy service-role key is nobody on a user-only function", async () => {
+  const error = await rejection(userOnly(req({ authorization: `Bearer ${SERVICE_ROLE}` })));
+  assert.equal(error.code, "unauthorized");
+});
+
+Deno.test("signing keys that cannot be fetched are a 503, not the caller's 401", async () => {
+  // No inline JWKS: @supabase/server fetches {url}/auth/v1/.well-known/jwks.json, unreachable here.
+  const unreachable = supabaseAuth({ operators: false, env: { ...env, jwks: null } });
+  const error = await rejection(unreachable(req({ authorization: `Bearer ${await userToken()}` })));
+  assert.equal(error.code, "database_unavailable");
+  assert.equal(error.status, 503);
+});
+
+Deno.test("no secret key configured is the function's misconfiguration, not the caller's", async () => {
+  const broken = supabaseAuth({ operators: true, env: { ...env, secretKeys: {} } });
+  const error = await rejection(broken(req({ apikey: SECRET })));
+  assert.equal(error.code, "server_misconfigured");
+  assert.equal(error.status, 500);
+});
