@@ -108,7 +108,7 @@ start() {
 
 bootstrap() {
   log "bootstrapping Supabase roles and auth schema"
-  psql_admin -d postgres -f "$ROOT/local/sql/supabase-bootstrap.sql" >/dev/null
+  psql_admin -d postgres -q -c "set client_min_messages = warning" -f "$ROOT/local/sql/supabase-bootstrap.sql" >/dev/null
 }
 
 push() {

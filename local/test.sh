@@ -74,7 +74,7 @@ gate "supabase db lint (warning)" supabase db lint --db-url "$DB_URL" --level wa
 gate "supabase db advisors (warn)" supabase db advisors --db-url "$DB_URL" --fail-on warn
 
 tap "pgTAP supabase/tests/database" -h 127.0.0.1 -p 54322 -U postgres -d postgres \
-  supabase/tests/database/ 
+  --ext .sql supabase/tests/database/
 tap "pgTAP legacy upgrade" -h 127.0.0.1 -p 54322 -U postgres -d legacy_upgrade \
   local/fixtures/legacy_upgrade.test.sql
 

@@ -5,8 +5,6 @@
 -- Everything here is an internal of `device_assignment` and runs with the
 -- privileges of the API function that calls it.
 
-alter default privileges in schema device_assignment revoke execute on functions from public;
-
 -- Functions that plan over sets of devices carry `set jit = off`: their row
 -- estimates (generate_series, array parameters) look large enough to trigger
 -- JIT compilation, which costs ~300 ms against a sub-millisecond run.
@@ -349,3 +347,7 @@ begin
     from device_assignment.assign_devices(v_stale, 'stale_qr', p_actor, true) a;
 end;
 $$;
+
+-- PostgreSQL grants EXECUTE to PUBLIC on every new function, and a per-schema
+-- default privilege cannot take that back: revoke it explicitly.
+revoke execute on all functions in schema device_assignment from public;

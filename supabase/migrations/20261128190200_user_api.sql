@@ -228,3 +228,7 @@ revoke all on function device_assignment.get_device_qr(uuid),
   device_assignment.request_device_reassignment(uuid) from public;
 grant execute on function device_assignment.get_device_qr(uuid),
   device_assignment.request_device_reassignment(uuid) to authenticated;
+
+-- PostgreSQL grants EXECUTE to PUBLIC on every new function, and a per-schema
+-- default privilege cannot take that back: revoke it explicitly.
+revoke execute on all functions in schema device_assignment from public;

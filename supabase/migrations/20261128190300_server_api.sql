@@ -384,3 +384,7 @@ grant execute on function
   device_assignment.report_device_status(uuid, uuid, bigint, text, text),
   device_assignment.server_shutdown(uuid)
 to service_role;
+
+-- PostgreSQL grants EXECUTE to PUBLIC on every new function, and a per-schema
+-- default privilege cannot take that back: revoke it explicitly.
+revoke execute on all functions in schema device_assignment from public;

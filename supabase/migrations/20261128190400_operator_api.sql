@@ -272,3 +272,7 @@ grant execute on function
   device_assignment.run_assignment_maintenance(),
   device_assignment.assignment_health()
 to service_role;
+
+-- PostgreSQL grants EXECUTE to PUBLIC on every new function, and a per-schema
+-- default privilege cannot take that back: revoke it explicitly.
+revoke execute on all functions in schema device_assignment from public;

@@ -1,0 +1,69 @@
+-- Tables, row level security and table grants, checked the way PostgREST
+-- would exercise them: by switching role and request.jwt.claims.
+begin;
+set local search_path to public, extensions;
+select plan(16);
+
+select has_table('public', 'devices', 'devices exists');
+select has_table('public', 'backend_servers', 'backend_servers exists');
+select has_table('public', 'device_assignment_events', 'device_assignment_events exists');
+select has_table('public', 'assignment_settings', 'assignment_settings exists');
+
+select is(
+  (select count(*)::int from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where n.nspname = 'public' and c.relkind = 'r' and not c.relrowsecurity
+      and c.relname in ('devices', 'backend_servers', 'device_assignment_events', 'assignment_settings')),
+  0, 'row level security is on for every table');
+
+select is(
+  (select count(*)::int from information_schema.role_table_grants
+    where grantee = 'anon' and table_schema = 'public'
+      and table_name in ('devices', 'backend_servers', 'device_assignment_events', 'assignment_settings')),
+  0, 'anon holds no privilege on any table');
+select is(
+  (select array_agg(privilege_type::text order by privilege_type) from information_schema.role_table_grants
+    where grantee = 'authenticated' and table_schema = 'public'
+      and table_name in ('devices', 'backend_servers', 'device_assignment_events', 'assignment_settings')),
+  array['SELECT'], 'authenticated may only select, and only from devices');
+
+insert into auth.users (id, email) values
+  ('a0000000-0000-4000-8000-000000000001', 'owner-a@example.com'),
+  ('b0000000-0000-4000-8000-000000000002', 'owner-b@example.com');
+insert into public.devices (id, user_id, device_name) values
+  ('d0000000-0000-4000-8000-00000000000a', 'a0000000-0000-4000-8000-000000000001', 'A phone'),
+  ('d0000000-0000-4000-8000-00000000000b', 'b0000000-0000-4000-8000-000000000002', 'B phone');
+
+set local role authenticated;
+select set_config('request.jwt.claims',
+  '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
+select results_eq('select device_name from public.devices',
+  array['A phone'], 'user A sees only their own device');
+select is_empty($$select 1 from public.devices where id = 'd0000000-0000-4000-8000-00000000000b'$$,
+  'user A cannot see user B''s device even by id');
+select throws_ok($$update public.devices set device_name = 'x'$$, '42501', null,
+  'a user cannot update devices directly');
+select throws_ok($$select * from public.backend_servers$$, '42501', null,
+  'a user cannot read backend_servers');
+select throws_ok($$select * from public.device_assignment_events$$, '42501', null,
+  'a user cannot read the audit trail');
+
+select set_config('request.jwt.claims',
+  '{"sub":"b0000000-0000-4000-8000-000000000002","role":"authenticated"}', true);
+select results_eq('select device_name from public.devices',
+  array['B phone'], 'user B sees only their own device');
+
+reset role;
+set local role anon;
+select set_config('request.jwt.claims', '{"role":"anon"}', true);
+select throws_ok($$select * from public.devices$$, '42501', null, 'anon cannot read devices');
+
+reset role;
+set local role service_role;
+select ok((select count(*) from public.devices) >= 2, 'service_role reads every device');
+reset role;
+
+select policies_are('public', 'devices', array['owners read their devices'],
+  'devices has exactly the owner-read policy');
+
+select * from finish();
+rollback;

@@ -1,0 +1,64 @@
+-- Who may execute what: anon nothing, users the user API, service_role the
+-- server and operator API; internals pinned and out of the exposed schema.
+begin;
+set local search_path to public, extensions;
+select plan(12);
+
+create temporary view api_functions as
+select p.oid, p.proname, p.prosecdef, p.proconfig
+from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+where n.nspname = 'public'
+  and p.proname in ('get_device_qr', 'request_device_reassignment', 'server_heartbeat',
+    'claim_devices', 'publish_device_qr', 'report_device_status', 'server_shutdown',
+    'reassign_devices', 'run_assignment_maintenance', 'assignment_health');
+
+select is((select count(*)::int from api_functions), 10, 'the ten API functions exist in public');
+select is(
+  (select count(*)::int from api_functions where has_function_privilege('anon', oid, 'execute')),
+  0, 'anon executes none of them');
+select is(
+  (select array_agg(proname::text order by proname) from api_functions
+    where has_function_privilege('authenticated', oid, 'execute')),
+  array['get_device_qr', 'request_device_reassignment'],
+  'authenticated executes only the user API');
+select is(
+  (select array_agg(proname::text order by proname) from api_functions
+    where has_function_privilege('service_role', oid, 'execute')),
+  array['assignment_health', 'claim_devices', 'publish_device_qr', 'reassign_devices',
+        'report_device_status', 'run_assignment_maintenance', 'server_heartbeat', 'server_shutdown'],
+  'service_role executes the server and operator API');
+select is(
+  (select count(*)::int from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+    where n.nspname = 'public' and p.prosecdef),
+  0, 'no security definer function lives in the exposed schema');
+select is(
+  (select count(*)::int from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+    where n.nspname in ('public', 'device_assignment')
+      and not exists (select from unnest(coalesce(p.proconfig, '{}')) c where c like 'search_path=%')),
+  0, 'every function of ours pins search_path');
+select is(
+  (select count(*)::int from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+    where n.nspname = 'device_assignment' and has_function_privilege('anon', p.oid, 'execute')),
+  0, 'anon executes nothing in device_assignment');
+select ok(not has_schema_privilege('anon', 'device_assignment', 'usage'),
+  'anon cannot even use the internal schema');
+select is(
+  (select array_agg(p.proname::text order by p.proname) from pg_proc p
+     join pg_namespace n on n.oid = p.pronamespace
+    where n.nspname = 'device_assignment' and has_function_privilege('authenticated', p.oid, 'execute')),
+  array['get_device_qr', 'request_device_reassignment'],
+  'authenticated executes only the user entry points of the internals');
+
+set local role anon;
+select throws_ok($$select public.get_device_qr(gen_random_uuid())$$, '42501', null,
+  'anon calling get_device_qr is refused');
+select throws_ok($$select public.run_assignment_maintenance()$$, '42501', null,
+  'anon calling maintenance is refused');
+reset role;
+set local role authenticated;
+select throws_ok($$select public.reassign_devices('all_connecting')$$, '42501', null,
+  'a user calling an operator RPC is refused');
+reset role;
+
+select * from finish();
+rollback;
