@@ -1,0 +1,371 @@
+/**
+ * Operator command line: the verbs of the old fix script, over the
+ * `reassign-device` edge function with the project's secret key, so that an
+ * operator changes devices through the same audited SQL as everybody else.
+ *
+ *   deno run -A cli/operator.ts reset-device <device-id> [--dry-run]
+ *   deno run -A cli/operator.ts reset-inactive [--dry-run]   every orphaned device
+ *   deno run -A cli/operator.ts reset-all [--dry-run]        every connecting device
+ *   deno run -A cli/operator.ts status                       assignment_health() as tables
+ *
+ * Add `--json` to print the function's answer as it is. Reads SUPABASE_URL and
+ * SUPABASE_SECRET_KEY from the environment, else from `.env.local` (which
+ * `local/gateway.sh start` writes for the local stack).
+ */
+
+export interface CliIo {
+  env: (name: string) => string | undefined;
+  /** Contents of `.env.local`, or null when there is none. */
+  readEnvFile: () => Promise<string | null>;
+  fetch: typeof fetch;
+  out: (line: string) => void;
+  err: (line: string) => void;
+}
+
+const USAGE = `usage: operator <command> [--dry-run] [--json]
+
+commands:
+  reset-device <device-id>   restart pairing of one device on a live server
+  reset-inactive             reassign every connecting device whose server is gone
+  reset-all                  reassign every connecting device
+  status                     servers, devices by status and server, orphaned and stale
+                             counts, cron jobs (assignment_health())
+
+options:
+  --dry-run   show what would change, change nothing (reset-* only)
+  --json      print the raw JSON answer
+
+environment (or .env.local):
+  SUPABASE_URL          the project URL, e.g. https://<ref>.supabase.co
+  SUPABASE_SECRET_KEY   the project's secret key (sb_secret_...)`;
+
+type Command =
+  | { verb: "reset-device"; deviceId: string; dryRun: boolean; json: boolean }
+  | { verb: "reset-inactive" | "reset-all"; dryRun: boolean; json: boolean }
+  | { verb: "status"; json: boolean };
+
+class UsageError extends Error {}
+
+export function parseArgs(args: string[]): Command | "help" {
+  const flags = new Set(args.filter((a) => a.startsWith("-")));
+  const words = args.filter((a) => !a.startsWith("-"));
+  if (flags.has("--help") || flags.has("-h") || words.length === 0) return "help";
+  for (const flag of flags) {
+    if (!["--dry-run", "--json"].includes(flag)) throw new UsageError(`unknown option ${flag}`);
+  }
+  const dryRun = flags.has("--dry-run");
+  const json = flags.has("--json");
+  const [verb, ...rest] = words;
+  switch (verb) {
+    case "reset-device":
+      if (rest.length !== 1) throw new UsageError("reset-device needs exactly one device id");
+      return { verb, deviceId: rest[0], dryRun, json };
+    case "reset-inactive":
+    case "reset-all":
+      if (rest.length > 0) throw new UsageError(`${verb} takes no arguments`);
+      return { verb, dryRun, json };
+    case "status":
+      if (rest.length > 0) throw new UsageError("status takes no arguments");
+      if (dryRun) throw new UsageError("status changes nothing; --dry-run does not apply");
+      return { verb, json };
+    default:
+      throw new UsageError(`unknown command ${verb}`);
+  }
+}
+
+/** `KEY=value` lines; `#` comments, blank lines and optional quotes as dotenv files have them. */
+export function parseEnvFile(text: string): Record<string, string> {
+  const values: Record<string, string> = {};
+  for (const raw of text.split(/\r?\n/)) {
+    const line = raw.trim();
+    if (!line || line.startsWith("#")) continue;
+    const match = /^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$/.exec(line);
+    if (!match) continue;
+    values[match[1]] = match[2].replace(/^(['"])(.*)\1$/, "$2");
+  }
+  return values;
+}
+
+interface Target {
+  url: string;
+  secretKey: string;
+}
+
+async function target(io: CliIo): Promise<Target | string> {
+  const file = parseEnvFile((await io.readEnvFile()) ?? "");
+  const pick = (name: string) => io.env(name) || file[name] || "";
+  const url = pick("SUPABASE_URL");
+  const secretKey = pick("SUPABASE_SECRET_KEY");
+  const missing = [!url && "SUPABASE_URL", !secretKey && "SUPABASE_SECRET_KEY"].filter(Boolean);
+  if (missing.length > 0) {
+    return `missing ${missing.join(" and ")}: set ${
+      missing.length > 1 ? "them" : "it"
+    } in the environment or in .env.local (local stack: run \`local/gateway.sh start\`, which writes .env.local).`;
+  }
+  if (secretKey.startsWith("sb_publishable_")) {
+    return "SUPABASE_SECRET_KEY holds a publishable key; operators need the secret key (sb_secret_...).";
+  }
+  return { url: url.replace(/\/+$/, ""), secretKey };
+}
+
+function requestBody(command: Command): Record<string, unknown> {
+  switch (command.verb) {
+    case "reset-device":
+      return { scope: "device", device_id: command.deviceId, dry_run: command.dryRun };
+    case "reset-inactive":
+      return { scope: "inactive", dry_run: command.dryRun };
+    case "reset-all":
+      return { scope: "all_connecting", dry_run: command.dryRun };
+    case "status":
+      return { scope: "health" };
+  }
+}
+
+export async function run(args: string[], io: CliIo): Promise<number> {
+  let command: Command | "help";
+  try {
+    command = parseArgs(args);
+  } catch (error) {
+    io.err(`operator: ${(error as Error).message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (command === "help") {
+    io.out(USAGE);
+    return 0;
+  }
+  const where = await target(io);
+  if (typeof where === "string") {
+    io.err(`operator: ${where}`);
+    return 2;
+  }
+
+  let response: Response;
+  try {
+    response = await io.fetch(`${where.url}/functions/v1/reassign-device`, {
+      method: "POST",
+      headers: { apikey: where.secretKey, "content-type": "application/json" },
+      body: JSON.stringify(requestBody(command)),
+      signal: AbortSignal.timeout(30_000),
+    });
+  } catch (error) {
+    io.err(`operator: cannot reach ${where.url} (${(error as Error).name}); is the stack running?`);
+    return 1;
+  }
+
+  const text = await response.text();
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    io.err(`operator: ${response.status} from ${where.url}, not JSON`);
+    return 1;
+  }
+  if (!response.ok) {
+    const error = (body as { error?: { code?: string; message?: string; details?: unknown } })
+      ?.error;
+    const retry = response.headers.get("retry-after");
+    io.err(
+      `operator: ${response.status} ${error?.code ?? "error"}: ${error?.message ?? text}` +
+        (retry ? ` (retry after ${retry} s)` : ""),
+    );
+    const hint = (error?.details as { hint?: string } | null)?.hint;
+    if (hint) io.err(`hint: ${hint}`);
+    return 1;
+  }
+  if (command.json) {
+    io.out(JSON.stringify(body, null, 2));
+    return 0;
+  }
+  io.out(
+    command.verb === "status" ? formatHealth(body as Health) : formatReassign(body as Reassigned),
+  );
+  return 0;
+}
+
+// --- output -------------------------------------------------------------------------
+
+interface Reassigned {
+  scope: string;
+  dry_run: boolean;
+  count: number;
+  devices: { id: string; from: string | null; to: string | null }[];
+}
+
+export function formatReassign(result: Reassigned): string {
+  const verb = result.dry_run ? "would reassign" : "reassigned";
+  const lines = [
+    `${result.dry_run ? "DRY RUN: " : ""}${verb} ${result.count} device${
+      result.count === 1 ? "" : "s"
+    } (scope ${result.scope})`,
+  ];
+  if (result.devices.length > 0) {
+    lines.push("");
+    lines.push(table(
+      ["device", "from server", "to server"],
+      result.devices.map((d) => [d.id, d.from ?? "(none)", d.to ?? "(none: waits for a server)"]),
+    ));
+  }
+  return lines.join("\n");
+}
+
+interface Health {
+  now?: string;
+  settings?: Record<string, unknown>;
+  servers?: {
+    id: string;
+    name: string;
+    live: boolean;
+    is_active?: boolean;
+    is_healthy?: boolean;
+    current_load?: number | null;
+    max_capacity?: number | null;
+    heartbeat_age_ms?: number | null;
+    connecting_devices?: number;
+  }[];
+  devices_by_status?: Record<string, number>;
+  devices_by_server?: {
+    server_id: string | null;
+    server_name: string | null;
+    status: string;
+    count: number;
+  }[];
+  orphaned?: number;
+  stale?: number;
+  cron_jobs?: {
+    jobname: string;
+    schedule: string;
+    active: boolean;
+    last_run?: {
+      status?: string;
+      start_time?: string;
+      end_time?: string;
+      return_message?: string;
+    } | null;
+  }[];
+}
+
+export function formatHealth(health: Health): string {
+  const out: string[] = [];
+  out.push(`assignment health at ${health.now ?? "?"}`);
+  out.push(`orphaned devices: ${health.orphaned ?? "?"}    stale devices: ${health.stale ?? "?"}`);
+
+  out.push("", "SERVERS");
+  const servers = health.servers ?? [];
+  out.push(
+    servers.length === 0 ? "(no backend servers registered)" : table(
+      ["name", "live", "active", "healthy", "load", "heartbeat age", "connecting", "id"],
+      servers.map((s) => [
+        s.name,
+        s.live ? "yes" : "NO",
+        yesNo(s.is_active),
+        yesNo(s.is_healthy),
+        `${s.current_load ?? 0}/${s.max_capacity ?? "∞"}`,
+        age(s.heartbeat_age_ms),
+        String(s.connecting_devices ?? 0),
+        s.id,
+      ]),
+    ),
+  );
+
+  out.push("", "DEVICES BY STATUS");
+  const byStatus = Object.entries(health.devices_by_status ?? {});
+  out.push(
+    byStatus.length === 0
+      ? "(no devices)"
+      : table(["status", "devices"], byStatus.map(([status, n]) => [status, String(n)])),
+  );
+
+  out.push("", "DEVICES BY SERVER");
+  const byServer = health.devices_by_server ?? [];
+  out.push(
+    byServer.length === 0 ? "(no devices)" : table(
+      ["server", "status", "devices"],
+      byServer.map((row) => [
+        row.server_name ?? (row.server_id ? row.server_id : "(unassigned)"),
+        row.status,
+        String(row.count),
+      ]),
+    ),
+  );
+
+  out.push("", "CRON JOBS");
+  const jobs = health.cron_jobs ?? [];
+  out.push(
+    jobs.length === 0 ? "(no cron jobs: is pg_cron installed?)" : table(
+      ["job", "schedule", "active", "last run", "result", "message"],
+      jobs.map((job) => [
+        job.jobname,
+        job.schedule,
+        yesNo(job.active),
+        job.last_run?.start_time ?? "never",
+        job.last_run?.status ?? "-",
+        oneLine(job.last_run?.return_message ?? ""),
+      ]),
+    ),
+  );
+
+  if (health.settings && Object.keys(health.settings).length > 0) {
+    out.push("", "SETTINGS");
+    out.push(table(
+      ["setting", "value"],
+      Object.entries(health.settings).map((
+        [k, v],
+      ) => [k, typeof v === "string" ? v : JSON.stringify(v)]),
+    ));
+  }
+  return out.join("\n");
+}
+
+function yesNo(value: boolean | undefined): string {
+  return value === undefined ? "?" : value ? "yes" : "no";
+}
+
+function age(ms: number | null | undefined): string {
+  if (ms === null || ms === undefined) return "never";
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 120_000) return `${(ms / 1000).toFixed(1)} s`;
+  if (ms < 7_200_000) return `${Math.round(ms / 60_000)} min`;
+  return `${(ms / 3_600_000).toFixed(1)} h`;
+}
+
+function oneLine(text: string): string {
+  const flat = text.replace(/\s+/g, " ").trim();
+  return flat.length > 60 ? `${flat.slice(0, 57)}...` : flat;
+}
+
+/** Left-aligned columns separated by two spaces, with a rule under the header. */
+export function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (cells: string[]) =>
+    cells.map((c, i) => (c ?? "").padEnd(widths[i])).join("  ").trimEnd();
+  return [line(header), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)].join("\n");
+}
+
+// --- entry point ----------------------------------------------------------------------
+
+async function readEnvFile(): Promise<string | null> {
+  const candidates = [
+    `${Deno.cwd()}/.env.local`,
+    new URL("../.env.local", import.meta.url).pathname,
+  ];
+  for (const path of candidates) {
+    try {
+      return await Deno.readTextFile(path);
+    } catch {
+      // next candidate
+    }
+  }
+  return null;
+}
+
+if (import.meta.main) {
+  Deno.exit(
+    await run(Deno.args, {
+      env: (name) => Deno.env.get(name),
+      readEnvFile,
+      fetch,
+      out: (line) => console.log(line),
+      err: (line) => console.error(line),
+    }),
+  );
+}
