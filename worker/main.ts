@@ -4,7 +4,7 @@
  *
  *   deno run -A worker/main.ts            (reads SUPABASE_URL and the secret key)
  *
- * Environment: WORKER_NAME, WORKER_MAX_CAPACITY, WORKER_POLL_MS,
+ * Environment: WORKER_NAME, WORKER_MAX_CAPACITY, WORKER_CLAIM_BATCH, WORKER_POLL_MS,
  * WORKER_HEARTBEAT_MS, WORKER_LEASE_FRACTION, QR_FIRST_TTL_MS, QR_ROTATION_MS,
  * QR_MAX, QR_GENERATION_MS.
  *
@@ -46,6 +46,7 @@ const worker = new BackendWorker(
   {
     serverName,
     maxCapacity: numberEnv("WORKER_MAX_CAPACITY") ?? null,
+    claimBatch: numberEnv("WORKER_CLAIM_BATCH") ?? 100,
     pollIntervalMs: numberEnv("WORKER_POLL_MS") ?? 1_000,
     heartbeatIntervalMs: numberEnv("WORKER_HEARTBEAT_MS"),
     leaseSafetyFraction: numberEnv("WORKER_LEASE_FRACTION") ?? 0.8,

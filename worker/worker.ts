@@ -39,6 +39,12 @@ export interface WorkerConfig {
   maxCapacity: number | null;
   /** Upper bound for one `claim_devices` call. */
   claimLimit: number;
+  /**
+   * At most this many devices taken over per poll, so a fleet that starts
+   * together (or survives a death) shares the orphans instead of the first
+   * poller taking them all.
+   */
+  claimBatch: number;
   /** How often to ask for devices; a new orphan waits at most this long. */
   pollIntervalMs: number;
   /** Default: a quarter of the heartbeat timeout the database announces. */
@@ -62,6 +68,7 @@ export interface WorkerConfig {
 export const DEFAULT_WORKER_CONFIG: Omit<WorkerConfig, "serverName"> = {
   maxCapacity: null,
   claimLimit: 100,
+  claimBatch: 100,
   pollIntervalMs: 1_000,
   leaseSafetyFraction: 0.8,
   retryMs: 1_000,
@@ -202,7 +209,8 @@ export class BackendWorker {
     if (this.#stopped || serverId === null || !this.lease.isValid(this.clock.now())) return;
     const limit = Math.min(
       this.config.claimLimit,
-      this.config.maxCapacity ?? this.config.claimLimit,
+      this.config.maxCapacity ?? Number.POSITIVE_INFINITY,
+      this.#sessions.size + this.config.claimBatch,
     );
     let assigned: AssignedDevice[];
     try {
@@ -219,11 +227,14 @@ export class BackendWorker {
     // The lease may have lapsed while we waited for the answer.
     if (!this.lease.isValid(this.clock.now()) || this.#stopped) return;
 
+    // A full page may have left out some of our devices; only a short one is the whole list.
+    const complete = assigned.length < limit;
     const current = new Map(assigned.map((device) => [device.deviceId, device]));
     for (const session of [...this.#sessions.values()]) {
       const device = current.get(session.deviceId);
-      if (!device) this.#drop(session, "released");
-      else if (device.epoch !== session.epoch) this.#drop(session, "new_epoch");
+      if (!device) {
+        if (complete) this.#drop(session, "released");
+      } else if (device.epoch !== session.epoch) this.#drop(session, "new_epoch");
     }
     for (const device of assigned) {
       if (!this.#sessions.has(device.deviceId)) this.#start(device);

@@ -80,14 +80,23 @@ export class FakeDatabase implements BackendApi {
     };
   }
 
-  claimDevices(serverId: string): Promise<AssignedDevice[]> {
+  claimLimits: number[] = [];
+
+  /** Like the SQL: the server's own devices first, then orphans, `limit` rows in all. */
+  claimDevices(serverId: string, limit: number): Promise<AssignedDevice[]> {
     this.calls.push("claim_devices");
+    this.claimLimits.push(limit);
     const rows: AssignedDevice[] = [];
     for (const device of this.devices.values()) {
-      if (device.status !== "connecting") continue;
-      if (device.owner === serverId) {
+      if (device.status !== "connecting" || device.owner !== serverId) continue;
+      if (rows.length < limit) {
         rows.push({ deviceId: device.id, epoch: device.epoch, deviceName: null, claimed: false });
-      } else if (device.owner === null) {
+      }
+    }
+    for (const device of this.devices.values()) {
+      if (rows.length >= limit) break;
+      if (device.status !== "connecting") continue;
+      if (device.owner === null) {
         device.owner = serverId;
         device.epoch += 1;
         rows.push({ deviceId: device.id, epoch: device.epoch, deviceName: null, claimed: true });

@@ -228,3 +228,40 @@ Deno.test("the heartbeat reports the current load and capacity", async () => {
     [0, 2],
   );
 });
+
+Deno.test("a claim batch takes at most that many new devices per poll", async () => {
+  const clock = new FakeClock();
+  const db = new FakeDatabase();
+  for (const id of ["d1", "d2", "d3"]) db.addDevice(id);
+  const worker = new BackendWorker(db, { serverName: "server-a", claimBatch: 1 }, clock);
+  await worker.heartbeat();
+  await worker.claim();
+  assert.deepEqual(worker.deviceIds, ["d1"]);
+  await worker.claim();
+  assert.deepEqual(worker.deviceIds, ["d1", "d2"]);
+  assert.deepEqual(db.claimLimits, [1, 2]);
+});
+
+Deno.test("a full claim page is not taken as the whole list: no device is dropped", async () => {
+  const clock = new FakeClock();
+  const db = new FakeDatabase();
+  for (const id of ["d1", "d2", "d3"]) db.addDevice(id);
+  const worker = new BackendWorker(db, { serverName: "server-a", claimBatch: 1 }, clock);
+  await worker.heartbeat();
+  await worker.claim(); // d1
+  // The database assigned two more to us elsewhere (e.g. get_device_qr moved them here).
+  db.devices.get("d2")!.owner = "server-a";
+  db.devices.get("d3")!.owner = "server-a";
+  // Owned rows come ordered; with limit 2 the answer may omit d1.
+  db.devices.delete("d1");
+  db.devices.set("d1", {
+    id: "d1",
+    owner: "server-a",
+    epoch: 2,
+    status: "connecting",
+    qr: null,
+    qrExpiresAt: null,
+  });
+  await worker.claim();
+  assert.ok(worker.deviceIds.includes("d1"), "d1 must survive a truncated answer");
+});

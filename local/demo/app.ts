@@ -1,0 +1,393 @@
+/// <reference lib="dom" />
+/**
+ * The demo page. Device cards talk to the edge functions as the signed-in demo
+ * user, exactly as a product frontend would (supabase-js `functions.invoke`);
+ * the fleet panel and the kill/partition/scan buttons go to the dev-only demo
+ * server, since no real user may do those things.
+ */
+import { createClient } from "@supabase/supabase-js";
+
+interface DemoConfig {
+  supabaseUrl: string;
+  publishableKey: string;
+  devices: { id: string; name: string }[];
+}
+
+interface QrState {
+  device_id: string;
+  status: "ready" | "pending" | "connected" | "not_connecting" | "qr_timeout" | "error";
+  qr: { value: string; image: string; updated_at: string; expires_at: string } | null;
+  server: { id: string; name: string } | null;
+  reason: string | null;
+  reassigned: boolean;
+  retry_after_ms: number | null;
+}
+
+interface FleetWorker {
+  name: string;
+  state: string;
+  devices: string[];
+}
+
+interface HealthServer {
+  name: string;
+  live: boolean;
+  heartbeat_age_ms: number | null;
+  connecting_devices: number;
+}
+
+interface DeviceView {
+  id: string;
+  name: string;
+  state: QrState | null;
+  since: string | null;
+  poll: AbortController | null;
+  card: HTMLElement;
+}
+
+/** Devices whose server was killed, waiting for a QR from another one. */
+const awaitingRecovery = new Map<string, { from: string; killedAt: number }>();
+
+const config: DemoConfig = await (await fetch("/config.json")).json();
+
+let session: { access_token: string; expires_at: number } | null = null;
+async function accessToken(): Promise<string> {
+  if (!session || session.expires_at - Date.now() < 60_000) {
+    session = await (await fetch("/api/token")).json();
+  }
+  return session!.access_token;
+}
+
+const supabase = createClient(config.supabaseUrl, config.publishableKey, { accessToken });
+
+const devices = config.devices.map((device) => {
+  const view: DeviceView = {
+    ...device,
+    state: null,
+    since: null,
+    poll: null,
+    card: deviceCard(device),
+  };
+  document.querySelector("#devices")!.append(view.card);
+  return view;
+});
+
+function element<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  props: Partial<HTMLElementTagNameMap[K]> & { dataset?: Record<string, string> } = {},
+  ...children: (Node | string)[]
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  const { dataset, ...rest } = props;
+  Object.assign(node, rest);
+  if (dataset) Object.assign(node.dataset, dataset);
+  node.append(...children);
+  return node;
+}
+
+function deviceCard(device: { id: string; name: string }): HTMLElement {
+  const card = element("article", { className: "device", dataset: { deviceId: device.id } });
+  card.append(
+    element("h3", {}, device.name, " ", element("span", { className: "badge status" }, "…")),
+    element("p", { className: "meta server" }),
+    element("div", { className: "qr" }, "loading…"),
+    element("p", { className: "meta expiry" }),
+    element("p", { className: "meta note" }),
+    element(
+      "div",
+      {},
+      element("button", {
+        type: "button",
+        className: "connect",
+        onclick: () => reassign(device.id),
+      }, "Connect"),
+      " ",
+      element(
+        "button",
+        { type: "button", className: "scan", onclick: () => scan(device.id) },
+        "Simulate scan",
+      ),
+    ),
+  );
+  return card;
+}
+
+function render(view: DeviceView): void {
+  const state = view.state;
+  if (!state) return;
+  const card = view.card;
+  const status = card.querySelector(".status")!;
+  status.textContent = state.status.replace("_", " ");
+  status.className = `badge status ${state.status}`;
+  card.dataset.status = state.status;
+  card.dataset.server = state.server?.name ?? "";
+  card.querySelector(".server")!.textContent = state.server
+    ? `on ${state.server.name}`
+    : "no server";
+  const qr = card.querySelector(".qr")!;
+  if (state.qr) {
+    const img = qr.querySelector("img") ?? element("img", { alt: `QR code for ${view.name}` });
+    if (img.src !== state.qr.image) img.src = state.qr.image;
+    img.dataset.server = state.server?.name ?? "";
+    img.dataset.updatedAt = state.qr.updated_at;
+    if (!img.isConnected) qr.replaceChildren(img);
+  } else {
+    qr.replaceChildren(placeholder(state));
+  }
+  const connect = card.querySelector<HTMLButtonElement>(".connect")!;
+  connect.textContent = state.status === "not_connecting" || state.status === "qr_timeout" ||
+      state.status === "error"
+    ? "Connect"
+    : "Reassign";
+  connect.disabled = state.status === "connected";
+  card.querySelector<HTMLButtonElement>(".scan")!.disabled = state.status !== "ready";
+  updateExpiry(view);
+}
+
+function placeholder(state: QrState): string {
+  switch (state.status) {
+    case "connected":
+      return "✅ connected";
+    case "not_connecting":
+      return "idle — press Connect";
+    case "qr_timeout":
+      return "QR timed out — press Connect";
+    case "error":
+      return "pairing failed — press Connect";
+    default:
+      return state.reason ? `waiting (${state.reason.replaceAll("_", " ")})` : "waiting for a QR…";
+  }
+}
+
+function updateExpiry(view: DeviceView): void {
+  const qr = view.state?.qr;
+  const text = qr
+    ? `QR expires in ${Math.max(0, Math.round((Date.parse(qr.expires_at) - Date.now()) / 1000))} s`
+    : "";
+  view.card.querySelector(".expiry")!.textContent = text;
+}
+
+function note(view: DeviceView, text: string, kind: "" | "recovered" | "problem" = ""): void {
+  const node = view.card.querySelector<HTMLElement>(".note")!;
+  node.textContent = text;
+  node.className = `meta note ${kind}`;
+}
+
+function log(text: string): void {
+  const list = document.querySelector("#log")!;
+  list.prepend(element("li", {}, `${new Date().toLocaleTimeString()} ${text}`));
+  while (list.children.length > 60) list.lastElementChild!.remove();
+}
+
+/** Long-poll one device forever: each answer comes when its QR or status changes. */
+async function follow(view: DeviceView): Promise<void> {
+  while (true) {
+    const controller = new AbortController();
+    view.poll = controller;
+    const started = Date.now();
+    const body: Record<string, unknown> = { device_id: view.id, format: "json", wait: 25 };
+    if (view.since) body.since = view.since;
+    const { data, error } = await supabase.functions.invoke<QrState>("get-device-qr", {
+      body,
+      signal: controller.signal,
+    });
+    if (controller.signal.aborted) continue;
+    if (error || !data) {
+      note(view, `get-device-qr: ${await describeError(error)}`, "problem");
+      await sleep(2_000);
+      continue;
+    }
+    observe(view, data);
+    // Idle states answer at once; don't spin on them.
+    if (Date.now() - started < 1_000) await sleep(1_500, controller.signal);
+  }
+}
+
+function observe(view: DeviceView, state: QrState): void {
+  const before = view.state;
+  view.state = state;
+  view.since = state.qr?.updated_at ?? null;
+  if (before?.server?.name !== state.server?.name && state.server) {
+    log(
+      `${view.name}: now on ${state.server.name}${
+        state.reassigned ? " (moved by this request)" : ""
+      }`,
+    );
+  }
+  if (before?.status !== state.status) log(`${view.name}: ${state.status.replace("_", " ")}`);
+  const waiting = awaitingRecovery.get(view.id);
+  if (waiting && state.qr && state.server && state.server.name !== waiting.from) {
+    // Measured when the page shows it: what the user waits for, long-poll included.
+    const elapsedMs = Date.now() - waiting.killedAt;
+    const seconds = (elapsedMs / 1000).toFixed(1);
+    awaitingRecovery.delete(view.id);
+    view.card.dataset.recoveredMs = String(elapsedMs);
+    view.card.dataset.recoveredFrom = waiting.from;
+    note(
+      view,
+      `QR back from ${state.server.name} ${seconds} s after ${waiting.from} died`,
+      "recovered",
+    );
+    log(
+      `${view.name}: fresh QR from ${state.server.name}, ${seconds} s after ${waiting.from} was killed`,
+    );
+  } else if (!waiting && view.card.querySelector(".note.problem")) {
+    note(view, "");
+  }
+  render(view);
+}
+
+/** Restart a device's long-poll now (after an action), instead of at its next change. */
+function refresh(deviceId: string): void {
+  devices.find((d) => d.id === deviceId)?.poll?.abort();
+}
+
+async function reassign(deviceId: string): Promise<void> {
+  const view = devices.find((d) => d.id === deviceId)!;
+  const { data, error } = await supabase.functions.invoke("reassign-device", {
+    body: { device_id: deviceId },
+  });
+  if (error) {
+    note(view, `reassign-device: ${await describeError(error)}`, "problem");
+    return;
+  }
+  note(view, `pairing started (epoch ${data.epoch})`);
+  log(`${view.name}: reassign-device → ${data.to_server ? "assigned" : "waiting for a server"}`);
+  refresh(deviceId);
+}
+
+async function scan(deviceId: string): Promise<void> {
+  const view = devices.find((d) => d.id === deviceId)!;
+  const answer = await post("/fleet/scan", { device_id: deviceId });
+  note(
+    view,
+    answer.connected ? `scanned: ${answer.worker} reported connected` : "no server shows a QR",
+  );
+  refresh(deviceId);
+}
+
+async function describeError(error: unknown): Promise<string> {
+  // FunctionsHttpError carries the response; our functions answer {error: {code, message}}.
+  const context = (error as { context?: Response } | null)?.context;
+  if (context instanceof Response) {
+    try {
+      const body = await context.clone().json();
+      const retry = body.error?.details?.retry_after_ms;
+      return `${body.error?.code}: ${body.error?.message}${
+        retry ? ` (retry in ${Math.ceil(retry / 1000)} s)` : ""
+      }`;
+    } catch { /* not JSON */ }
+    return `HTTP ${context.status}`;
+  }
+  return error instanceof Error ? error.message : String(error);
+}
+
+async function post(path: string, body: unknown = {}): Promise<Record<string, unknown>> {
+  const response = await fetch(path, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  return await response.json();
+}
+
+async function fleetAction(name: string, verb: string): Promise<void> {
+  if (verb === "kill") {
+    const killedAt = Date.now();
+    for (const view of devices) {
+      if (view.state?.server?.name === name && view.state.status !== "connected") {
+        awaitingRecovery.set(view.id, { from: name, killedAt });
+        note(view, `${name} killed — waiting for another server…`);
+      }
+    }
+  }
+  log(`${verb} ${name}`);
+  const answer = await post(`/fleet/workers/${encodeURIComponent(name)}/${verb}`);
+  if (answer.error) log(`${verb} ${name} failed: ${(answer.error as { message: string }).message}`);
+  await refreshFleet();
+}
+
+async function refreshFleet(): Promise<void> {
+  let payload: {
+    health: { servers: HealthServer[]; orphaned: number; stale: number } | null;
+    error: string | null;
+    fleet: FleetWorker[];
+  };
+  try {
+    payload = await (await fetch("/api/health")).json();
+  } catch {
+    document.querySelector("#health")!.textContent = "demo server unreachable";
+    return;
+  }
+  const servers = new Map((payload.health?.servers ?? []).map((s) => [s.name, s]));
+  const rows = payload.fleet.map((worker) => {
+    const server = servers.get(worker.name);
+    const alive = ["starting", "running", "partitioned"].includes(worker.state);
+    const button = (verb: string, label: string, enabled: boolean) =>
+      element("button", {
+        type: "button",
+        className: verb,
+        disabled: !enabled,
+        onclick: () => fleetAction(worker.name, verb),
+      }, label);
+    return element(
+      "tr",
+      { dataset: { worker: worker.name, state: worker.state } },
+      element("td", {}, worker.name),
+      element("td", {}, element("span", { className: `badge ${worker.state}` }, worker.state)),
+      element(
+        "td",
+        {},
+        element(
+          "span",
+          { className: `badge ${server?.live ? "live" : "dead"}` },
+          server?.live ? "live" : "not live",
+        ),
+      ),
+      element(
+        "td",
+        {},
+        server?.heartbeat_age_ms != null
+          ? `${(server.heartbeat_age_ms / 1000).toFixed(1)} s ago`
+          : "—",
+      ),
+      element("td", {}, String(worker.devices.length)),
+      element(
+        "td",
+        {},
+        button("kill", "Kill", alive),
+        " ",
+        worker.state === "partitioned"
+          ? button("heal", "Heal", true)
+          : button("partition", "Partition", alive),
+        " ",
+        button("restart", "Restart", true),
+      ),
+    );
+  });
+  document.querySelector("#fleet")!.replaceChildren(...rows);
+  document.querySelector("#health")!.textContent = payload.health
+    ? `orphaned devices: ${payload.health.orphaned} · stale: ${payload.health.stale}`
+    : `assignment_health failed: ${payload.error}`;
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => {
+      clearTimeout(timer);
+      resolve();
+    }, { once: true });
+  });
+}
+
+document.querySelector<HTMLButtonElement>("#add-server")!.onclick = async () => {
+  const answer = await post("/fleet/workers");
+  log(`added ${answer.name}`);
+  await refreshFleet();
+};
+
+for (const view of devices) follow(view);
+setInterval(() => devices.forEach(updateExpiry), 1_000);
+setInterval(refreshFleet, 1_000);
+await refreshFleet();

@@ -1,0 +1,518 @@
+/**
+ * Fleet simulator: N reference workers, each its own process (worker/main.ts),
+ * controllable while they run. Used by `make dev`, the fleet tests, the
+ * reliability suite and the benchmarks.
+ *
+ * As a library: `new Fleet({...}).start(3)`, then `kill`, `partition`, `heal`,
+ * `restart`, `add`, `scan`, and `events` / `waitFor` to observe the workers.
+ *
+ * As a program:
+ *   deno run -A worker/fleet.ts [--workers 3] [--prefix sim] [--control-port 54330]
+ * with a loopback HTTP control API (see `fleetControl`) and the same verbs on
+ * stdin (`kill sim-1`, `partition sim-2`, `add`, `list`, …). Ctrl-C stops every
+ * worker gracefully.
+ */
+import { stackEnv } from "./env.ts";
+
+export interface FleetOptions {
+  /** Passed to every worker: SUPABASE_URL, SUPABASE_SECRET_KEY, timings (see worker/main.ts). */
+  env: Record<string, string>;
+  /** Worker names are `<prefix>-<n>`. */
+  prefix?: string;
+  /** Called for every event of every worker. */
+  onEvent?: (event: FleetEvent) => void;
+  /** Where workers' stderr goes; default: discarded after being kept as events. */
+  stderrLog?: string;
+  /** How many events to keep in memory. */
+  maxEvents?: number;
+}
+
+/** A worker event (see WorkerEvent in worker.ts) or a fleet one, stamped. */
+export interface FleetEvent {
+  seq: number;
+  ts: number;
+  worker: string;
+  type: string;
+  [key: string]: unknown;
+}
+
+export type WorkerState =
+  | "starting"
+  | "running"
+  | "partitioned"
+  | "stopping"
+  | "stopped"
+  | "killed";
+
+export interface FleetWorkerInfo {
+  name: string;
+  pid: number | null;
+  state: WorkerState;
+  serverId: string | null;
+  selfFencing: boolean;
+  lastHeartbeatAt: number | null;
+  heartbeatTimeoutMs: number | null;
+  devices: string[];
+  restarts: number;
+}
+
+interface WorkerProcess {
+  info: FleetWorkerInfo;
+  child: Deno.ChildProcess | null;
+  stdin: WritableStreamDefaultWriter<Uint8Array> | null;
+  exited: Promise<void>;
+  spawnSeq: number;
+}
+
+const WORKER_ENTRY = new URL("./main.ts", import.meta.url);
+
+export class Fleet {
+  readonly events: FleetEvent[] = [];
+  readonly #workers = new Map<string, WorkerProcess>();
+  readonly #options: Required<Omit<FleetOptions, "onEvent" | "stderrLog">> & FleetOptions;
+  #seq = 0;
+  #nextIndex = 1;
+  #waiters = new Set<() => void>();
+  #stderr: Deno.FsFile | null = null;
+
+  constructor(options: FleetOptions) {
+    this.#options = { prefix: "sim", maxEvents: 50_000, ...options };
+    if (options.stderrLog) {
+      this.#stderr = Deno.openSync(options.stderrLog, { append: true, create: true });
+    }
+  }
+
+  /** Start `count` workers; resolves when each has sent its first heartbeat. */
+  async start(count: number, timeoutMs = 20_000): Promise<string[]> {
+    const names = [];
+    for (let i = 0; i < count; i++) names.push(this.add());
+    await Promise.all(names.map((name) => this.waitForHeartbeat(name, timeoutMs)));
+    return names;
+  }
+
+  /** Add one worker; returns its name. */
+  add(name?: string): string {
+    const workerName = name ?? `${this.#options.prefix}-${this.#nextIndex++}`;
+    const existing = this.#workers.get(workerName);
+    if (existing && isAlive(existing.info.state)) {
+      throw new FleetError("conflict", `${workerName} is already running`);
+    }
+    this.#spawn(workerName, existing ? existing.info.restarts + 1 : 0);
+    return workerName;
+  }
+
+  /** SIGKILL: the server vanishes without a word, as a crashed container does. */
+  async kill(name: string): Promise<void> {
+    const worker = this.#running(name);
+    worker.info.state = "killed";
+    this.#record(name, { type: "killed" });
+    try {
+      worker.child!.kill("SIGKILL");
+    } catch { /* already gone */ }
+    await worker.exited;
+  }
+
+  /** SIGTERM: the worker calls server_shutdown and exits. */
+  async stop(name: string, graceMs = 5_000): Promise<void> {
+    const worker = this.#workers.get(name);
+    if (!worker || !isAlive(worker.info.state)) return;
+    worker.info.state = "stopping";
+    try {
+      worker.child!.kill("SIGTERM");
+    } catch { /* already gone */ }
+    const timer = setTimeout(() => {
+      try {
+        worker.child!.kill("SIGKILL");
+      } catch { /* already gone */ }
+    }, graceMs);
+    await worker.exited;
+    clearTimeout(timer);
+  }
+
+  /** Stop (gracefully if still running) and start again under the same name. */
+  async restart(name: string): Promise<void> {
+    const worker = this.#workers.get(name);
+    if (!worker) throw new FleetError("not_found", `no worker named ${name}`);
+    await this.stop(name);
+    worker.info.restarts += 1;
+    this.#spawn(name, worker.info.restarts);
+  }
+
+  /**
+   * Cut heartbeats and claims. With `selfFencing: false` (the default) the
+   * worker goes on publishing as if it were still live, so only the database
+   * fence protects its devices; with `true` it stops itself, as it should.
+   */
+  async partition(name: string, options: { selfFencing?: boolean } = {}): Promise<void> {
+    const worker = this.#running(name);
+    const selfFencing = options.selfFencing ?? false;
+    await this.#send(worker, selfFencing ? "partition self-fence" : "partition");
+    worker.info.state = "partitioned";
+    worker.info.selfFencing = selfFencing;
+  }
+
+  async heal(name: string): Promise<void> {
+    const worker = this.#running(name);
+    await this.#send(worker, "heal");
+    worker.info.state = "running";
+    worker.info.selfFencing = true;
+  }
+
+  /**
+   * The user scanned the device's QR: whichever worker shows it reports
+   * `connected`. Returns that worker's name, or null when none showed a QR.
+   */
+  async scan(deviceId: string, timeoutMs = 5_000): Promise<string | null> {
+    const alive = [...this.#workers.values()].filter((w) =>
+      w.info.state === "running" || w.info.state === "partitioned"
+    );
+    if (alive.length === 0) return null;
+    const after = this.#seq;
+    await Promise.all(alive.map((w) => this.#send(w, `scan ${deviceId}`).catch(() => {})));
+    const answered = new Set<string>();
+    const found = await this.waitFor((event) => {
+      if (event.seq <= after || event.type !== "scan_result" || event.deviceId !== deviceId) {
+        return false;
+      }
+      answered.add(event.worker);
+      return event.connected === true || answered.size >= alive.length;
+    }, timeoutMs).catch(() => null);
+    return found?.connected === true ? found.worker : null;
+  }
+
+  list(): FleetWorkerInfo[] {
+    return [...this.#workers.values()].map((w) => ({ ...w.info, devices: [...w.info.devices] }));
+  }
+
+  info(name: string): FleetWorkerInfo {
+    const worker = this.#workers.get(name);
+    if (!worker) throw new FleetError("not_found", `no worker named ${name}`);
+    return { ...worker.info, devices: [...worker.info.devices] };
+  }
+
+  /** Resolve with the first event (already seen or future) matching `predicate`. */
+  waitFor(predicate: (event: FleetEvent) => boolean, timeoutMs: number): Promise<FleetEvent> {
+    const seen = this.events.find(predicate);
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      let checked = this.#seq;
+      const check = () => {
+        for (const event of this.events) {
+          if (event.seq > checked && predicate(event)) {
+            cleanup();
+            return resolve(event);
+          }
+        }
+        checked = this.#seq;
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new FleetError("timeout", `no matching fleet event within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const cleanup = () => {
+        clearTimeout(timer);
+        this.#waiters.delete(check);
+      };
+      this.#waiters.add(check);
+    });
+  }
+
+  /** The first heartbeat of the current run of worker `name`. */
+  waitForHeartbeat(name: string, timeoutMs: number): Promise<FleetEvent> {
+    const spawnSeq = this.#workers.get(name)?.spawnSeq ?? this.#seq;
+    return this.waitFor(
+      (e) => e.worker === name && e.type === "heartbeat" && e.seq > spawnSeq,
+      timeoutMs,
+    );
+  }
+
+  /** Stop every worker gracefully (SIGKILL after `graceMs`). */
+  async stopAll(graceMs = 5_000): Promise<void> {
+    await Promise.all([...this.#workers.keys()].map((name) => this.stop(name, graceMs)));
+    this.#stderr?.close();
+    this.#stderr = null;
+  }
+
+  #running(name: string): WorkerProcess {
+    const worker = this.#workers.get(name);
+    if (!worker) throw new FleetError("not_found", `no worker named ${name}`);
+    if (!isAlive(worker.info.state) || !worker.child) {
+      throw new FleetError("conflict", `${name} is ${worker.info.state}`);
+    }
+    return worker;
+  }
+
+  async #send(worker: WorkerProcess, line: string): Promise<void> {
+    if (!worker.stdin) throw new FleetError("conflict", `${worker.info.name} is not running`);
+    await worker.stdin.write(new TextEncoder().encode(line + "\n"));
+  }
+
+  #spawn(name: string, restarts: number): void {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--quiet", WORKER_ENTRY.pathname],
+      env: { ...this.#options.env, WORKER_NAME: name, WORKER_EXIT_ON_STDIN_EOF: "1" },
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const info: FleetWorkerInfo = {
+      name,
+      pid: child.pid,
+      state: "starting",
+      serverId: null,
+      selfFencing: true,
+      lastHeartbeatAt: null,
+      heartbeatTimeoutMs: null,
+      devices: [],
+      restarts,
+    };
+    const worker: WorkerProcess = {
+      info,
+      child,
+      stdin: child.stdin.getWriter(),
+      exited: Promise.resolve(),
+      spawnSeq: this.#seq,
+    };
+    const devices = new Set<string>();
+    const stdout = this.#readLines(child.stdout, (line) => {
+      let event: Record<string, unknown>;
+      try {
+        event = JSON.parse(line);
+      } catch {
+        return this.#record(name, { type: "stdout", line });
+      }
+      if (event.type === "heartbeat") {
+        info.lastHeartbeatAt = Number(event.ts);
+        info.serverId = String(event.serverId);
+        info.heartbeatTimeoutMs = Number(event.heartbeatTimeoutMs);
+        if (info.state === "starting") info.state = "running";
+      } else if (event.type === "session_started") devices.add(String(event.deviceId));
+      else if (event.type === "session_dropped") devices.delete(String(event.deviceId));
+      info.devices = [...devices];
+      this.#record(name, { ...event, restarts });
+    });
+    const stderr = this.#readLines(child.stderr, (line) => {
+      if (this.#stderr) this.#stderr.writeSync(new TextEncoder().encode(`[${name}] ${line}\n`));
+      else this.#record(name, { type: "stderr", line });
+    });
+    worker.exited = (async () => {
+      const status = await child.status;
+      await Promise.allSettled([stdout, stderr]);
+      worker.stdin = null;
+      worker.child = null;
+      devices.clear();
+      info.devices = [];
+      info.pid = null;
+      if (info.state !== "killed") info.state = "stopped";
+      this.#record(name, { type: "exited", code: status.code, signal: status.signal });
+    })();
+    this.#workers.set(name, worker);
+    this.#record(name, { type: "spawned", pid: child.pid, restarts });
+  }
+
+  async #readLines(stream: ReadableStream<Uint8Array>, onLine: (line: string) => void) {
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for await (const chunk of stream) {
+      buffer += decoder.decode(chunk, { stream: true });
+      let newline;
+      while ((newline = buffer.indexOf("\n")) >= 0) {
+        onLine(buffer.slice(0, newline));
+        buffer = buffer.slice(newline + 1);
+      }
+    }
+    if (buffer) onLine(buffer);
+  }
+
+  #record(worker: string, event: Record<string, unknown>): void {
+    const stamped: FleetEvent = {
+      ...event,
+      ts: typeof event.ts === "number" ? event.ts : Date.now(),
+      worker,
+      type: String(event.type),
+      seq: ++this.#seq,
+    };
+    this.events.push(stamped);
+    if (this.events.length > this.#options.maxEvents) {
+      this.events.splice(0, this.events.length - this.#options.maxEvents);
+    }
+    this.#options.onEvent?.(stamped);
+    for (const waiter of [...this.#waiters]) waiter();
+  }
+}
+
+function isAlive(state: WorkerState): boolean {
+  return state === "starting" || state === "running" || state === "partitioned";
+}
+
+export class FleetError extends Error {
+  constructor(
+    readonly code: "not_found" | "conflict" | "timeout" | "invalid_request",
+    message: string,
+  ) {
+    super(message);
+    this.name = "FleetError";
+  }
+}
+
+/**
+ * The fleet's HTTP control API, for loopback use only (it can kill processes):
+ *
+ *   GET  /fleet                              workers and their state
+ *   GET  /fleet/events?after=<seq>           events after a sequence number
+ *   POST /fleet/workers        {name?}       add a worker
+ *   POST /fleet/workers/<name>/kill|stop|restart|heal
+ *   POST /fleet/workers/<name>/partition {self_fencing?}
+ *   POST /fleet/scan           {device_id}   simulate the user scanning the QR
+ *
+ * Returns null for paths outside /fleet so a server can mount it beside others.
+ */
+export async function fleetControl(fleet: Fleet, request: Request): Promise<Response | null> {
+  const url = new URL(request.url);
+  if (url.pathname !== "/fleet" && !url.pathname.startsWith("/fleet/")) return null;
+  const parts = url.pathname.split("/").filter(Boolean).map(decodeURIComponent);
+  try {
+    if (request.method === "GET" && parts.length === 1) return json({ workers: fleet.list() });
+    if (request.method === "GET" && parts[1] === "events" && parts.length === 2) {
+      const after = Number(url.searchParams.get("after") ?? 0);
+      return json({ events: fleet.events.filter((e) => e.seq > after).slice(-1000) });
+    }
+    if (request.method !== "POST") return json({ error: { code: "method_not_allowed" } }, 405);
+    const body = await readJson(request);
+    if (parts[1] === "workers" && parts.length === 2) {
+      const name = fleet.add(typeof body.name === "string" ? body.name : undefined);
+      return json({ name }, 201);
+    }
+    if (parts[1] === "workers" && parts.length === 4) {
+      const [, , name, verb] = parts;
+      switch (verb) {
+        case "kill":
+          await fleet.kill(name);
+          break;
+        case "stop":
+          await fleet.stop(name);
+          break;
+        case "restart":
+          await fleet.restart(name);
+          break;
+        case "partition":
+          await fleet.partition(name, { selfFencing: body.self_fencing === true });
+          break;
+        case "heal":
+          await fleet.heal(name);
+          break;
+        default:
+          return json({ error: { code: "not_found", message: `unknown verb ${verb}` } }, 404);
+      }
+      return json({ worker: fleet.info(name) });
+    }
+    if (parts[1] === "scan" && parts.length === 2) {
+      if (typeof body.device_id !== "string") {
+        throw new FleetError("invalid_request", "device_id is required");
+      }
+      const worker = await fleet.scan(body.device_id);
+      return json({ device_id: body.device_id, connected: worker !== null, worker });
+    }
+    return json({ error: { code: "not_found", message: "unknown fleet route" } }, 404);
+  } catch (error) {
+    if (error instanceof FleetError) {
+      const status =
+        { not_found: 404, conflict: 409, timeout: 504, invalid_request: 400 }[error.code];
+      return json({ error: { code: error.code, message: error.message } }, status);
+    }
+    throw error;
+  }
+}
+
+async function readJson(request: Request): Promise<Record<string, unknown>> {
+  const text = await request.text();
+  if (!text) return {};
+  try {
+    const value = JSON.parse(text);
+    if (value && typeof value === "object") return value;
+  } catch { /* fall through */ }
+  throw new FleetError("invalid_request", "body must be a JSON object");
+}
+
+function json(body: unknown, status = 200): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { "content-type": "application/json", "cache-control": "no-store" },
+  });
+}
+
+/** Environment for workers from the stack's env, plus WORKER_* / QR_* overrides of this process. */
+export function workerEnv(): Record<string, string> {
+  const stack = stackEnv();
+  const env: Record<string, string> = {
+    SUPABASE_URL: stack.url,
+    SUPABASE_SECRET_KEY: stack.secretKey,
+    PATH: Deno.env.get("PATH") ?? "",
+    HOME: Deno.env.get("HOME") ?? "",
+  };
+  for (const [key, value] of Object.entries(Deno.env.toObject())) {
+    if (key.startsWith("WORKER_") || key.startsWith("QR_") || key.startsWith("DENO_")) {
+      env[key] = value;
+    }
+  }
+  return env;
+}
+
+if (import.meta.main) {
+  const args = Deno.args;
+  const flag = (name: string, fallback: string) => {
+    const index = args.indexOf(`--${name}`);
+    return index >= 0 && args[index + 1] ? args[index + 1] : fallback;
+  };
+  const count = Number(flag("workers", "3"));
+  const port = Number(flag("control-port", "54330"));
+  const fleet = new Fleet({
+    env: workerEnv(),
+    prefix: flag("prefix", "sim"),
+    onEvent: (event) => {
+      if (event.type !== "heartbeat") console.log(JSON.stringify(event));
+    },
+  });
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port, onListen: () => {} },
+    async (request) =>
+      (await fleetControl(fleet, request)) ?? json({ error: { code: "not_found" } }, 404),
+  );
+  let stopping = false;
+  const shutdown = async () => {
+    if (stopping) return;
+    stopping = true;
+    await fleet.stopAll();
+    await server.shutdown();
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGINT", shutdown);
+  Deno.addSignalListener("SIGTERM", shutdown);
+  await fleet.start(count);
+  console.error(`fleet: ${count} workers; control API on http://127.0.0.1:${port}/fleet`);
+
+  // The same verbs on stdin: `kill sim-1`, `partition sim-2 [self-fence]`, `add`, `list`, …
+  let buffer = "";
+  for await (const chunk of Deno.stdin.readable.pipeThrough(new TextDecoderStream())) {
+    buffer += chunk;
+    let newline;
+    while ((newline = buffer.indexOf("\n")) >= 0) {
+      const [verb, name, option] = buffer.slice(0, newline).trim().split(/\s+/);
+      buffer = buffer.slice(newline + 1);
+      try {
+        if (verb === "list") console.error(JSON.stringify(fleet.list(), null, 2));
+        else if (verb === "add") console.error(`added ${fleet.add(name)}`);
+        else if (verb === "kill") await fleet.kill(name);
+        else if (verb === "stop") await fleet.stop(name);
+        else if (verb === "restart") await fleet.restart(name);
+        else if (verb === "heal") await fleet.heal(name);
+        else if (verb === "partition") {
+          await fleet.partition(name, { selfFencing: option === "self-fence" });
+        } else if (verb === "scan") console.error(`connected by ${await fleet.scan(name)}`);
+        else if (verb) console.error(`unknown command ${verb}`);
+      } catch (error) {
+        console.error(error instanceof Error ? error.message : String(error));
+      }
+    }
+  }
+}
