@@ -19,6 +19,7 @@ STATE="$("$ROOT/local/db.sh" state-dir)"
 DIR="$STATE/gateway"
 PIDFILE="$DIR/gateway.pid"
 OUTLOG="$DIR/gateway.log"
+STAMP="$DIR/gateway.code"
 URL="http://127.0.0.1:$PORT"
 
 log() { printf '[gateway] %s\n' "$*" >&2; }
@@ -31,18 +32,28 @@ healthy() {
   curl -fsS -m 2 "$URL/_gateway/health" >/dev/null 2>&1
 }
 
+# The gateway's own code; a running gateway whose code changed is restarted by start.
+code_stamp() {
+  cat "$ROOT"/local/gateway/*.ts | sha1sum | cut -c1-40
+}
+
 port_taken() {
   (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null
 }
 
 start() {
   mkdir -p "$DIR"
-  if pid_alive && healthy; then
-    log "already running on $URL (pid $(cat "$PIDFILE"))"
-    return 0
-  fi
+  # A gateway that died leaves its pid file; clear it (and anything left in its group).
+  if [ -f "$PIDFILE" ] && ! pid_alive; then stop; fi
   if pid_alive; then
-    log "pid $(cat "$PIDFILE") is alive but not healthy; restarting it"
+    if ! healthy; then
+      log "pid $(cat "$PIDFILE") is alive but not healthy; restarting it"
+    elif [ "$(cat "$STAMP" 2>/dev/null)" = "$(code_stamp)" ]; then
+      log "already running on $URL (pid $(cat "$PIDFILE"))"
+      return 0
+    else
+      log "local/gateway/ changed since it started; restarting"
+    fi
     stop
   fi
   if port_taken; then
@@ -57,6 +68,7 @@ start() {
       >>"$OUTLOG" 2>&1 </dev/null &
     echo $! >"$PIDFILE"
   )
+  code_stamp >"$STAMP"
   for _ in $(seq 1 150); do
     if healthy; then
       log "running on $URL (pid $(cat "$PIDFILE")); logs in $DIR"

@@ -6,6 +6,9 @@
  * Old-style functions that call `Deno.serve(handler)` themselves are served too:
  * the call is captured before the entrypoint is imported.
  *
+ * The gateway holds this process's stdin open; when the gateway dies, however
+ * it dies, stdin closes and the function process exits with it.
+ *
  * Usage: deno run … function_runner.ts <entrypoint file URL>
  */
 export const LISTENING_MARKER = "__gateway_function_listening__";
@@ -13,6 +16,10 @@ export const LISTENING_MARKER = "__gateway_function_listening__";
 type Handler = (request: Request) => Response | Promise<Response>;
 
 if (import.meta.main) {
+  (async () => {
+    for await (const _ of Deno.stdin.readable) { /* the gateway never writes */ }
+    Deno.exit(0);
+  })();
   const entrypoint = Deno.args[0];
   let captured: Handler | null = null;
   const realServe = Deno.serve;

@@ -5,6 +5,8 @@
  * `entrypoint`, `import_map`) and its own `deno.json`.
  *
  * A process is started on first request (or ahead, by `prewarm`) and reused.
+ * Editing a function's files (or `_shared/`, or config.toml) retires its
+ * process, so the next request runs the new code, like `supabase functions serve`.
  * A process that dies fails its in-flight requests with a 500 and is started
  * again on the next request; the gateway itself keeps serving.
  */
@@ -68,6 +70,8 @@ function resolvePath(base: string, path: string): string {
 
 export class FunctionHost {
   private readonly instances = new Map<string, Promise<Instance>>();
+  private readonly retired = new Set<Promise<Instance>>();
+  private watcher: Deno.FsWatcher | null = null;
   private tomlCache: { mtime: number; functions: Record<string, Record<string, unknown>> } | null =
     null;
 
@@ -130,6 +134,78 @@ export class FunctionHost {
     return names.sort();
   }
 
+  /**
+   * Watches the functions directory and config.toml; a change retires the
+   * processes it affects. Old processes finish their requests for a grace period.
+   */
+  watch(): void {
+    const paths = [this.options.functionsDir];
+    try {
+      Deno.statSync(this.options.configToml);
+      paths.push(this.options.configToml);
+    } catch { /* no config.toml: defaults apply */ }
+    let watcher: Deno.FsWatcher;
+    try {
+      watcher = Deno.watchFs(paths, { recursive: true });
+    } catch {
+      return; // nothing to watch yet
+    }
+    this.watcher = watcher;
+    let pending: Set<string> | null = null;
+    (async () => {
+      for await (const event of watcher) {
+        if (event.kind === "access") continue;
+        const names = new Set(event.paths.map((path) => {
+          if (!path.startsWith(`${this.options.functionsDir}/`)) return "*";
+          const name = path.slice(this.options.functionsDir.length + 1).split("/")[0];
+          return name.startsWith("_") ? "*" : name;
+        }));
+        if (pending) {
+          for (const name of names) pending.add(name);
+          continue;
+        }
+        pending = names;
+        setTimeout(() => {
+          const changed = pending!;
+          pending = null;
+          for (const name of [...this.instances.keys()]) {
+            if (changed.has("*") || changed.has(name)) this.retire(name);
+          }
+        }, 100);
+      }
+    })().catch(() => {});
+  }
+
+  private retire(name: string): void {
+    const pending = this.instances.get(name);
+    this.instances.delete(name);
+    if (!pending) return;
+    this.retired.add(pending);
+    pending.then((instance) => {
+      const timer = setTimeout(() => this.kill(instance), 10_000);
+      instance.exited.then(() => {
+        clearTimeout(timer);
+        this.retired.delete(pending);
+      });
+    }, () => this.retired.delete(pending));
+  }
+
+  private async kill(instance: Instance): Promise<void> {
+    try {
+      instance.child.kill("SIGTERM");
+    } catch { /* already gone */ }
+    const done = await Promise.race([
+      instance.exited.then(() => true),
+      new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 2_000)),
+    ]);
+    if (!done) {
+      try {
+        instance.child.kill("SIGKILL");
+      } catch { /* already gone */ }
+      await instance.exited;
+    }
+  }
+
   /** Starts every function ahead of its first request; boot failures are logged, not thrown. */
   async prewarm(): Promise<void> {
     await Promise.all((await this.list()).map(async (name) => {
@@ -162,7 +238,7 @@ export class FunctionHost {
       cwd: config.dir,
       clearEnv: true,
       env: this.options.env,
-      stdin: "null",
+      stdin: "piped",
       stdout: "piped",
       stderr: "piped",
     }).spawn();
@@ -314,26 +390,14 @@ export class FunctionHost {
     }
   }
 
-  /** Stops every function process. */
+  /** Stops every function process, retired ones included. */
   async shutdown(): Promise<void> {
-    const all = [...this.instances.values()];
+    this.watcher?.close();
+    const all = [...this.instances.values(), ...this.retired];
     this.instances.clear();
     await Promise.all(all.map(async (pending) => {
       const instance = await pending.catch(() => null);
-      if (!instance) return;
-      try {
-        instance.child.kill("SIGTERM");
-      } catch { /* already gone */ }
-      const done = await Promise.race([
-        instance.exited.then(() => true),
-        new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 2_000)),
-      ]);
-      if (!done) {
-        try {
-          instance.child.kill("SIGKILL");
-        } catch { /* already gone */ }
-        await instance.exited;
-      }
+      if (instance) await this.kill(instance);
     }));
   }
 }

@@ -11,6 +11,7 @@
  *   FUNCTIONS_CONFIG              their config.toml (FUNCTIONS_DIR/../config.toml)
  *   GATEWAY_ENV_FILE              where to write .env.local (<repo>/.env.local; empty: don't)
  *   GATEWAY_PREWARM               start every function at startup (1; 0: on first request)
+ *   GATEWAY_WATCH                 restart a function when its files change (1; 0: never)
  *   ALLOWED_ORIGINS               CORS origins, comma-separated (*), passed on to functions
  */
 import postgres from "postgres";
@@ -108,6 +109,7 @@ const server = Deno.serve({
 }, handler);
 const url = `http://${host}:${server.addr.port}`;
 functions = functionHost(url);
+if (env("GATEWAY_WATCH", "1") !== "0") functions.watch();
 
 if (envFile !== "") {
   const lines = [

@@ -179,3 +179,28 @@ Deno.test("functions run in their own processes, configured as on the platform",
     await gateway.stop();
   }
 });
+
+Deno.test("editing a function's code takes effect without restarting the gateway", async () => {
+  const project = await Deno.makeTempDir({ prefix: "gateway-reload-" });
+  const source = (version: string) =>
+    `export default { fetch: () => Response.json({ version: "${version}", pid: Deno.pid }) };\n`;
+  await Deno.mkdir(`${project}/functions/reload`, { recursive: true });
+  await Deno.writeTextFile(`${project}/config.toml`, "[functions.reload]\nverify_jwt = false\n");
+  await Deno.writeTextFile(`${project}/functions/reload/index.ts`, source("v1"));
+  const gateway = await startGateway({ FUNCTIONS_DIR: `${project}/functions` });
+  const version = async () =>
+    (await (await fetch(`${gateway.url}/functions/v1/reload`)).json()).version;
+  try {
+    assert.equal(await version(), "v1");
+    await Deno.writeTextFile(`${project}/functions/reload/index.ts`, source("v2"));
+    let seen = "v1";
+    for (let i = 0; i < 50 && seen !== "v2"; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      seen = await version();
+    }
+    assert.equal(seen, "v2");
+  } finally {
+    await gateway.stop();
+    await Deno.remove(project, { recursive: true });
+  }
+});

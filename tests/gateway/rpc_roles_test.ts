@@ -130,7 +130,7 @@ Deno.test("RPC runs as the caller's role with PostgREST's request settings", asy
       assert.equal(body.search_path, "public, extensions");
     });
 
-    await t.step("settings are transaction-local: the next request does not see them", async () => {
+    await t.step("a request never sees the claims or role of the one before it", async () => {
       for (let i = 0; i < 5; i++) {
         await call(WHOAMI, { apikey: PUBLISHABLE_KEY, authorization: `Bearer ${es256}` });
         const { body } = await call(WHOAMI, { apikey: PUBLISHABLE_KEY });
@@ -141,7 +141,7 @@ Deno.test("RPC runs as the caller's role with PostgREST's request settings", asy
       assert.ok(!row.claims);
     });
 
-    await t.step("the impersonated role's own settings apply (statement_timeout)", async () => {
+    await t.step("the impersonated role's own settings apply, to that request only", async () => {
       const { body } = await call(WHOAMI, { apikey: PUBLISHABLE_KEY });
       if (anonTimeout) assert.equal(body.statement_timeout, anonTimeout);
       const service = await call(WHOAMI, { apikey: SECRET_KEY });
