@@ -82,6 +82,7 @@ declare
   v_server device_assignment.live_servers;
   v_owned integer;
   v_room integer;
+  v_locked uuid[];
 begin
   if p_limit is null or p_limit < 1 or p_limit > 10000 then
     perform device_assignment.raise_api_error('invalid_argument', 400,
@@ -109,16 +110,28 @@ begin
     return;
   end if;
 
-  -- Two claimers never take the same device: each locks the orphans it takes
-  -- and skips those another claimer holds; the lock re-checks the row, so a
-  -- device taken and committed meanwhile is no longer orphaned here.
-  return query
-  with taken as (
-    select o.id, o.assigned_server_id
+  -- Two claimers never take the same device: lock candidates, skipping rows
+  -- another claimer holds, then decide in a new statement, whose fresh snapshot
+  -- sees every claim committed meanwhile. (Deciding in the locking statement is
+  -- not enough: its re-check of a locked row cannot see through the anti-join
+  -- that defines "orphaned".)
+  select array_agg(t.id) into v_locked
+  from (
+    select o.id
     from device_assignment.orphaned_devices o
     order by o.connecting_since nulls first, o.id
     limit v_room
     for update skip locked
+  ) t;
+  if v_locked is null then
+    return;
+  end if;
+
+  return query
+  with taken as (
+    select o.id, o.assigned_server_id
+    from device_assignment.orphaned_devices o
+    where o.id = any(v_locked)
   ),
   claimed as (
     update public.devices d
