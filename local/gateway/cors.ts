@@ -13,9 +13,12 @@ export function allowedOrigins(): string[] {
 
 export function corsHeaders(request: Request, origins = allowedOrigins()): Record<string, string> {
   const origin = request.headers.get("origin");
-  let allowOrigin = origins[0] ?? "*";
-  if (!origins.includes("*") && origin !== null && origins.includes(origin)) allowOrigin = origin;
-  if (origins.includes("*")) allowOrigin = "*";
+  // One origin per response: the caller's when it is allowed, else the first allowed one.
+  const allowOrigin = origins.includes("*")
+    ? "*"
+    : origin !== null && origins.includes(origin)
+    ? origin
+    : origins[0] ?? "*";
   return {
     "access-control-allow-origin": allowOrigin,
     "access-control-allow-headers": request.headers.get("access-control-request-headers") ??

@@ -208,20 +208,30 @@ export async function callRpc(
     const routine = candidates[0];
     const headers = Object.fromEntries(request.headers);
     const settings = await roleSettings(sql, credential.role);
+    const gucs: [string, string][] = [
+      ["search_path", SEARCH_PATH],
+      ["role", credential.role],
+      ["request.jwt.claims", JSON.stringify(credential.claims)],
+      ["request.method", request.method],
+      ["request.path", `/rpc/${name}`],
+      ["request.headers", JSON.stringify(headers)],
+      ["request.cookies", "{}"],
+      ...settings,
+    ];
     const body = await sql.begin(async (tx) => {
-      await tx`
-        select set_config('search_path', ${SEARCH_PATH}, true),
-               set_config('role', ${credential.role}, true),
-               set_config('request.jwt.claims', ${JSON.stringify(credential.claims)}, true),
-               set_config('request.method', ${request.method}, true),
-               set_config('request.path', ${`/rpc/${name}`}, true),
-               set_config('request.headers', ${JSON.stringify(headers)}, true),
-               set_config('request.cookies', '{}', true)`;
-      for (const [key, value] of settings) await tx`select set_config(${key}, ${value}, true)`;
-      const rows = await tx.unsafe<{ body: string | null }[]>(
-        buildCall(routine, keys, wholeBody),
-        keys.length > 0 || wholeBody ? [JSON.stringify(args)] : [],
-      );
+      // Pipelined: the settings and the call travel together, in this order.
+      const [, rows] = await Promise.all([
+        tx`select set_config(name, value, true)
+           from unnest(${gucs.map(([key]) => key)}::text[], ${
+          gucs.map(([, value]) => value)
+        }::text[])
+                with ordinality as guc(name, value, position)
+           order by position`,
+        tx.unsafe<{ body: string | null }[]>(
+          buildCall(routine, keys, wholeBody),
+          keys.length > 0 || wholeBody ? [JSON.stringify(args)] : [],
+        ),
+      ]);
       return rows.length > 0 ? rows[0].body : "null";
     });
     if (routine.returnsVoid) return { status: 204, body: null };

@@ -127,7 +127,12 @@ async function startLocalStack(): Promise<Stack> {
       }
     }
   }
-  return fromEnv(readEnvFile(await Deno.readTextFile(`${REPO}/.env.local`)));
+  try {
+    return fromEnv(readEnvFile(await Deno.readTextFile(`${REPO}/.env.local`)));
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+    return fromEnv({ SUPABASE_URL: url }); // the gateway's values are the CLI defaults
+  }
 }
 
 /** The stack under test: the environment's, or the local one, started if need be. */
