@@ -65,7 +65,7 @@ start() {
     cd "$ROOT"
     GATEWAY_PORT="$PORT" GATEWAY_STATE_DIR="$STATE" \
       setsid "$DENO" run --allow-all --quiet --unstable-no-legacy-abort "$ROOT/local/gateway/main.ts" \
-      >>"$OUTLOG" 2>&1 </dev/null &
+      >>"$OUTLOG" 2>&1 </dev/null 9>&- &
     echo $! >"$PIDFILE"
   )
   code_stamp >"$STAMP"
@@ -119,10 +119,18 @@ status() {
   fi
 }
 
+# One start or stop at a time: concurrent callers (make up, test harnesses) queue here.
+with_lock() {
+  mkdir -p "$DIR"
+  exec 9>"$DIR/gateway.lock"
+  flock -w 60 9 || { log "another local/gateway.sh holds $DIR/gateway.lock"; exit 1; }
+  "$@"
+}
+
 case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
-  restart) stop; start ;;
+  start) with_lock start ;;
+  stop) with_lock stop ;;
+  restart) with_lock stop; with_lock start ;;
   status) status ;;
   url) echo "$URL" ;;
   *) echo "usage: local/gateway.sh start|stop|restart|status|url" >&2; exit 2 ;;
