@@ -1,8 +1,8 @@
 /**
  * `/functions/v1/<name>`: each function of the functions directory runs in its
  * own Deno process with only the environment the platform gives a function,
- * configured by `supabase/config.toml` (`[functions.<name>]` `verify_jwt`,
- * `entrypoint`, `import_map`) and its own `deno.json`.
+ * configured by `supabase/config.toml` (`[functions.<name>]` `enabled`,
+ * `verify_jwt`, `entrypoint`, `import_map`) and its own `deno.json`.
  *
  * A process is started on first request (or ahead, by `prewarm`) and reused.
  * Editing a function's files (or `_shared/`, or config.toml) retires its
@@ -97,6 +97,7 @@ export class FunctionHost {
     if (!NAME.test(name) || name === "_shared") return null;
     const dir = `${this.options.functionsDir}/${name}`;
     const settings = (await this.functionsToml())[name] ?? {};
+    if (settings.enabled === false) return null;
     const base = this.options.configToml.replace(/\/[^/]*$/, "");
     const entrypoint = typeof settings.entrypoint === "string"
       ? resolvePath(base, settings.entrypoint)

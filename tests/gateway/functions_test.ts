@@ -114,8 +114,8 @@ Deno.test("functions run in their own processes, configured as on the platform",
       assert.equal(JSON.parse(env.SUPABASE_JWKS).keys[0].kid, privateJwk.kid);
     });
 
-    await t.step("_shared and unknown names are not functions: 404 with CORS", async () => {
-      for (const name of ["_shared", "nope"]) {
+    await t.step("_shared, unknown and disabled functions answer 404 with CORS", async () => {
+      for (const name of ["_shared", "nope", "disabled"]) {
         const response = await invoke(name, { headers: { authorization: `Bearer ${token}` } });
         assert.equal(response.status, 404);
         assert.equal(response.headers.get("access-control-allow-origin"), ORIGIN);
