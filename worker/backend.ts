@@ -44,12 +44,13 @@ export interface BackendApi {
 }
 
 /**
- * Codes the worker acts on. `fenced` and `not_connecting` mean "drop this device
- * now"; `server_not_live` means "our lease is gone"; `unavailable` is anything
+ * Codes the worker acts on. `fenced`, `not_connecting` and `not_found` (the
+ * device was deleted) mean "drop this device now"; `server_not_live` means "our lease is gone"; `unavailable` is anything
  * we could not get an answer for (network, timeout, 5xx) and is retried.
  */
 export type BackendErrorCode =
   | "fenced"
+  | "not_found"
   | "not_connecting"
   | "server_not_live"
   | "invalid_argument"
@@ -65,6 +66,7 @@ export class BackendError extends Error {
 
 const KNOWN_CODES: BackendErrorCode[] = [
   "fenced",
+  "not_found",
   "not_connecting",
   "server_not_live",
   "invalid_argument",

@@ -99,6 +99,7 @@ export type WorkerEvent =
 
 export type DropReason =
   | "fenced"
+  | "not_found"
   | "not_connecting"
   | "lease_lapsed"
   | "released"
@@ -381,7 +382,7 @@ export class BackendWorker {
         code,
         attemptedAt,
       });
-      if (code === "fenced" || code === "not_connecting") this.#drop(session, code);
+      if (isDeviceGone(code)) this.#drop(session, code);
       else session.nextActionAt = this.clock.now() + this.config.retryMs;
       return;
     }
@@ -417,7 +418,7 @@ export class BackendWorker {
       return true;
     } catch (error) {
       const code = error instanceof BackendError ? error.code : "unexpected";
-      if (code === "fenced" || code === "not_connecting") this.#drop(session, code);
+      if (isDeviceGone(code)) this.#drop(session, code);
       else this.onEvent({ type: "error", step: `report_${status}`, error: describe(error) });
       return false;
     }
@@ -437,6 +438,11 @@ export class BackendWorker {
   #dropAll(reason: DropReason): void {
     for (const session of [...this.#sessions.values()]) this.#drop(session, reason);
   }
+}
+
+/** The database says this device is no longer ours to work on. */
+function isDeviceGone(code: string): code is "fenced" | "not_connecting" | "not_found" {
+  return code === "fenced" || code === "not_connecting" || code === "not_found";
 }
 
 function describe(error: unknown): string {

@@ -10,11 +10,12 @@ export const DEMO_USER = {
   email: "demo@device-qr.local",
 };
 
+/** The first three start pairing as soon as the fleet is up; the last waits for "Connect". */
 export const DEMO_DEVICES = [
-  { id: "de000000-0000-4000-8000-0000000000d1", name: "Sales phone", status: "connecting" },
-  { id: "de000000-0000-4000-8000-0000000000d2", name: "Support phone", status: "connecting" },
-  { id: "de000000-0000-4000-8000-0000000000d3", name: "Billing phone", status: "connecting" },
-  { id: "de000000-0000-4000-8000-0000000000d4", name: "Founder's phone", status: "disconnected" },
+  { id: "de000000-0000-4000-8000-0000000000d1", name: "Sales phone", pairing: true },
+  { id: "de000000-0000-4000-8000-0000000000d2", name: "Support phone", pairing: true },
+  { id: "de000000-0000-4000-8000-0000000000d3", name: "Billing phone", pairing: true },
+  { id: "de000000-0000-4000-8000-0000000000d4", name: "Founder's phone", pairing: false },
 ] as const;
 
 export interface DemoTimings {
@@ -33,15 +34,15 @@ export async function seedDemo(dbUrl: string, timings: DemoTimings): Promise<Pre
       for (const device of DEMO_DEVICES) {
         await tx`
           insert into public.devices (id, user_id, device_name, status)
-          values (${device.id}, ${DEMO_USER.id}, ${device.name}, ${device.status})
+          values (${device.id}, ${DEMO_USER.id}, ${device.name}, 'disconnected')
           on conflict (id) do update set
             user_id = excluded.user_id,
             device_name = excluded.device_name,
-            status = excluded.status,
+            status = 'disconnected',
             qr_code = null, qr_updated_at = null, qr_expires_at = null,
             assigned_server_id = null, assigned_at = null,
             assignment_epoch = public.devices.assignment_epoch + 1,
-            connecting_since = case when excluded.status = 'connecting' then now() end,
+            connecting_since = null,
             last_reassigned_at = null, reassign_count = 0, last_error = null,
             updated_at = now()`;
       }
@@ -54,6 +55,31 @@ export async function seedDemo(dbUrl: string, timings: DemoTimings): Promise<Pre
             updated_at = now()`;
       return previous;
     });
+  } finally {
+    await sql.end();
+  }
+}
+
+/**
+ * Start pairing the demo's devices, one per server in turn, so that killing
+ * any server has something to show. (In production `request_device_reassignment`
+ * picks the server; here we want a spread even on a database full of orphans
+ * left by test runs, which the first claim would otherwise take along.)
+ */
+export async function startDemoPairing(dbUrl: string, serverIds: string[]): Promise<void> {
+  const sql = postgres(dbUrl, { max: 1, onnotice: () => {} });
+  try {
+    const pairing = DEMO_DEVICES.filter((device) => device.pairing);
+    for (const [index, device] of pairing.entries()) {
+      await sql`
+        update public.devices set
+          status = 'connecting',
+          assigned_server_id = ${serverIds[index % serverIds.length]},
+          assigned_at = now(), connecting_since = now(),
+          assignment_epoch = assignment_epoch + 1,
+          updated_at = now()
+        where id = ${device.id}`;
+    }
   } finally {
     await sql.end();
   }

@@ -14,7 +14,7 @@ import { createClient } from "@supabase/supabase-js";
 import { Fleet, fleetControl, workerEnv } from "../../worker/fleet.ts";
 import { stackEnv } from "../../worker/env.ts";
 import { mintDemoToken } from "./token.ts";
-import { DEMO_DEVICES, DEMO_USER, restoreSettings, seedDemo } from "./seed.ts";
+import { DEMO_DEVICES, DEMO_USER, restoreSettings, seedDemo, startDemoPairing } from "./seed.ts";
 
 const ROOT = new URL("../../", import.meta.url);
 const PAGE_DIR = new URL("./", import.meta.url);
@@ -64,12 +64,12 @@ export async function startDemoServer(options: DemoServerOptions) {
 
   await Deno.mkdir(options.logDir, { recursive: true });
   const fleet = new Fleet({
-    // One new device per poll and server, so the demo's devices spread over the fleet.
-    env: { WORKER_CLAIM_BATCH: "1", ...workerEnv() },
+    env: workerEnv(),
     prefix: "demo-server",
     stderrLog: `${options.logDir}/workers.log`,
   });
   await fleet.start(options.workers);
+  await startDemoPairing(dbUrl, fleet.list().map((worker) => worker.serverId!));
 
   const page = (name: string, type: string) => async () =>
     new Response(await Deno.readFile(new URL(name, PAGE_DIR)), {

@@ -107,7 +107,8 @@ export class FakeDatabase implements BackendApi {
 
   #fence(deviceId: string, serverId: string, epoch: number): FakeDevice {
     const device = this.devices.get(deviceId);
-    if (!device || device.owner !== serverId || device.epoch !== epoch) {
+    if (!device) throw new BackendError("not_found", "not_found", 404);
+    if (device.owner !== serverId || device.epoch !== epoch) {
       throw new BackendError("fenced", "fenced", 409);
     }
     return device;

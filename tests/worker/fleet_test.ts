@@ -83,7 +83,7 @@ Deno.test({
       heartbeatTimeoutS: 4,
       workers: 3,
       devices: 6,
-      workerEnv: { WORKER_CLAIM_BATCH: "2", QR_GENERATION_MS: "200" },
+      workerEnv: { QR_GENERATION_MS: "200" },
     }, async ({ fleet, deviceIds, serverIds }) => {
       const owners = await firstQrs(fleet, deviceIds, 20_000);
       const counts = new Map<string, number>();
@@ -129,7 +129,6 @@ Deno.test({
       devices: 4,
       // QRs every 500 ms, never timing out, so the partitioned worker keeps publishing.
       workerEnv: {
-        WORKER_CLAIM_BATCH: "4",
         QR_FIRST_TTL_MS: "500",
         QR_ROTATION_MS: "500",
         QR_MAX: "1000",

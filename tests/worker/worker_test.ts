@@ -265,3 +265,14 @@ Deno.test("a full claim page is not taken as the whole list: no device is droppe
   await worker.claim();
   assert.ok(worker.deviceIds.includes("d1"), "d1 must survive a truncated answer");
 });
+
+Deno.test("a device deleted meanwhile is dropped, not retried forever", async () => {
+  const { clock, db, events, worker } = setup();
+  db.addDevice("d1");
+  await worker.heartbeat();
+  await worker.claim();
+  db.devices.delete("d1");
+  await runFor(clock, worker, 5_000);
+  assert.deepEqual(worker.deviceIds, []);
+  assert.equal(events.filter((e) => e.type === "publish_rejected").length, 1);
+});

@@ -1,0 +1,125 @@
+/**
+ * The `make dev` demo in a real browser: Debian's chromium driven by
+ * playwright-core. Starts local/dev.sh as a person would, opens the printed
+ * URL, kills the server a QR comes from and waits for a QR from another one.
+ * Screenshots and the recovery time go to test-results/.
+ */
+import assert from "node:assert/strict";
+import { chromium } from "playwright-core";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const RESULTS = `${ROOT}test-results`;
+const CHROMIUM = Deno.env.get("CHROMIUM_PATH") ?? "/usr/bin/chromium";
+const CHROMIUM_ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-background-networking",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-component-update",
+  "--disable-sync",
+];
+const DEMO_PORT = Deno.env.get("DEMO_TEST_PORT") ?? "54339";
+
+/** Starts local/dev.sh and resolves with its URL once it printed one. */
+async function startDev(): Promise<
+  { url: string; process: Deno.ChildProcess; output: () => string }
+> {
+  const process = new Deno.Command("bash", {
+    args: [`${ROOT}local/dev.sh`],
+    cwd: ROOT,
+    env: { DEMO_PORT, DEMO_LOG_DIR: `${RESULTS}/demo-logs` },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let text = "";
+  const decoder = new TextDecoder();
+  const collect = async (stream: ReadableStream<Uint8Array>) => {
+    for await (const chunk of stream) text += decoder.decode(chunk, { stream: true });
+  };
+  const collecting = Promise.all([collect(process.stdout), collect(process.stderr)]);
+  const deadline = Date.now() + 120_000;
+  while (!/^DEMO_URL=(\S+)/m.test(text)) {
+    if (Date.now() > deadline) throw new Error(`local/dev.sh printed no URL:\n${text}`);
+    const exited = await Promise.race([
+      process.status.then(() => true),
+      new Promise<false>((resolve) => setTimeout(() => resolve(false), 200)),
+    ]);
+    if (exited) {
+      await collecting;
+      throw new Error(`local/dev.sh exited before printing a URL:\n${text}`);
+    }
+  }
+  const url = /^DEMO_URL=(\S+)/m.exec(text)![1];
+  return { url, process, output: () => text };
+}
+
+Deno.test({
+  name: "the demo shows a QR, and after its server is killed a QR from another server",
+  // playwright keeps internal timers and pipes beyond browser.close().
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    await Deno.mkdir(RESULTS, { recursive: true });
+    const dev = await startDev();
+    const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    try {
+      const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+      const pageErrors: string[] = [];
+      page.on("pageerror", (error) => pageErrors.push(error.message));
+      await page.goto(dev.url);
+
+      const card = page.locator("article.device:has(.qr img[data-server])").first();
+      await card.waitFor({ state: "visible", timeout: 30_000 });
+      const deviceId = await card.getAttribute("data-device-id");
+      const firstQr = page.locator(`article.device[data-device-id="${deviceId}"] .qr img`);
+      const server = await firstQr.getAttribute("data-server");
+      assert.ok(deviceId && server, "the QR names its device and server");
+      const src = await firstQr.getAttribute("src");
+      assert.match(src ?? "", /^data:image\/png;base64,/);
+      await page.locator(`tr[data-worker="${server}"][data-state="running"]`).waitFor();
+      await page.screenshot({ path: `${RESULTS}/demo-1-qr.png`, fullPage: true });
+
+      const killedAt = Date.now();
+      await page.locator(`tr[data-worker="${server}"] button.kill`).click();
+      const recovered = page.locator(
+        `article.device[data-device-id="${deviceId}"][data-recovered-ms]`,
+      );
+      await recovered.waitFor({ timeout: 60_000 });
+      const seenAfterMs = Date.now() - killedAt;
+      const newServer = await recovered.locator(".qr img").getAttribute("data-server");
+      assert.ok(newServer, "a QR is shown again");
+      assert.notEqual(newServer, server, "the QR comes from another server");
+      const recoveredMs = Number(await recovered.getAttribute("data-recovered-ms"));
+      await page.locator(`tr[data-worker="${server}"][data-state="killed"]`).waitFor();
+      await page.screenshot({ path: `${RESULTS}/demo-2-recovered.png`, fullPage: true });
+      await Deno.writeTextFile(
+        `${RESULTS}/demo-recovery.json`,
+        JSON.stringify(
+          { deviceId, killed: server, recoveredOn: newServer, recoveredMs, seenAfterMs },
+          null,
+          2,
+        ) +
+          "\n",
+      );
+      console.log(`QR back from ${newServer} ${recoveredMs} ms after ${server} was killed`);
+      assert.deepEqual(pageErrors, [], "no uncaught error in the page");
+    } finally {
+      await browser.close();
+      dev.process.kill("SIGTERM");
+      const status = await Promise.race([
+        dev.process.status,
+        new Promise<null>((resolve) => setTimeout(() => resolve(null), 30_000)),
+      ]);
+      if (status === null) dev.process.kill("SIGKILL");
+      assert.ok(status, `local/dev.sh stops on SIGTERM:\n${dev.output()}`);
+    }
+    // Everything it started is gone: the demo port is closed.
+    await assert.rejects(
+      fetch(`http://127.0.0.1:${DEMO_PORT}/`, { signal: AbortSignal.timeout(2_000) }),
+      "the demo server is stopped",
+    );
+  },
+});
