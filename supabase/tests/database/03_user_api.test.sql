@@ -1,15 +1,6 @@
 -- The user API: QR state, healing inside get_device_qr, and (re)starting pairing.
 begin;
-set local search_path to public, extensions;
--- Start from an empty fleet with default settings, whatever the database holds
--- (the demo or another suite may have left rows); rolled back at the end.
-delete from public.device_assignment_events;
-delete from public.devices;
-delete from public.backend_servers;
-update public.assignment_settings
-   set heartbeat_timeout = '30 seconds', connecting_grace = '45 seconds',
-       reassign_cooldown = '15 seconds', max_reassignments = 5,
-       event_retention = '30 days', nominal_capacity = 100;
+\ir reset_fleet.psql
 select plan(27);
 
 insert into auth.users (id, email) values

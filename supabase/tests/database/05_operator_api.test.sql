@@ -1,16 +1,7 @@
 -- The operator API: bulk reassignment with dry runs, the maintenance pass,
 -- assignment_health(), and the audit purge.
 begin;
-set local search_path to public, extensions;
--- Start from an empty fleet with default settings, whatever the database holds
--- (the demo or another suite may have left rows); rolled back at the end.
-delete from public.device_assignment_events;
-delete from public.devices;
-delete from public.backend_servers;
-update public.assignment_settings
-   set heartbeat_timeout = '30 seconds', connecting_grace = '45 seconds',
-       reassign_cooldown = '15 seconds', max_reassignments = 5,
-       event_retention = '30 days', nominal_capacity = 100;
+\ir reset_fleet.psql
 select plan(30);
 
 insert into auth.users (id, email) values ('a0000000-0000-4000-8000-000000000001', 'owner-a@example.com');
