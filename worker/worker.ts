@@ -138,6 +138,8 @@ export class BackendWorker {
   #lastHeartbeatAt: number | null = null;
   #stopped = false;
   #abort = new AbortController();
+  /** Cuts the heartbeat loop's sleep short when the database says we are not live. */
+  #heartbeatNow = new AbortController();
 
   constructor(
     private readonly backend: BackendApi,
@@ -220,6 +222,7 @@ export class BackendWorker {
       if (error instanceof BackendError && error.code === "server_not_live") {
         this.lease.revoke();
         this.#enforceLease();
+        this.#heartbeatNow.abort();
       } else {
         this.onEvent({ type: "error", step: "claim", error: describe(error) });
       }
@@ -288,7 +291,9 @@ export class BackendWorker {
     await this.heartbeat();
     const heartbeats = (async () => {
       while (!this.#stopped) {
-        await this.clock.sleep(this.#heartbeatIntervalMs(), signal);
+        const wake = AbortSignal.any([signal, this.#heartbeatNow.signal]);
+        await this.clock.sleep(this.#heartbeatIntervalMs(), wake);
+        if (this.#heartbeatNow.signal.aborted) this.#heartbeatNow = new AbortController();
         if (!this.#stopped) await this.heartbeat();
       }
     })();

@@ -147,7 +147,7 @@ function render(view: DeviceView): void {
 function placeholder(state: QrState): string {
   switch (state.status) {
     case "connected":
-      return "✅ connected";
+      return "connected: pairing done";
     case "not_connecting":
       return "idle — press Connect";
     case "qr_timeout":

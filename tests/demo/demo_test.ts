@@ -105,6 +105,24 @@ Deno.test({
           "\n",
       );
       console.log(`QR back from ${newServer} ${recoveredMs} ms after ${server} was killed`);
+
+      // "Connect" starts pairing an idle device through reassign-device.
+      const idle = page.locator('article.device[data-status="not_connecting"]').first();
+      const idleId = await idle.getAttribute("data-device-id");
+      await idle.locator("button.connect").click();
+      await page.locator(`article.device[data-device-id="${idleId}"] .qr img[data-server]`)
+        .waitFor({ timeout: 30_000 });
+
+      // "Simulate scan": the worker showing the QR reports the device connected.
+      const ready = page.locator(
+        `article.device[data-status="ready"]:not([data-device-id="${idleId}"])`,
+      )
+        .first();
+      const readyId = await ready.getAttribute("data-device-id");
+      await ready.locator("button.scan").click();
+      await page.locator(`article.device[data-device-id="${readyId}"][data-status="connected"]`)
+        .waitFor({ timeout: 30_000 });
+      await page.screenshot({ path: `${RESULTS}/demo-3-connect-and-scan.png`, fullPage: true });
       assert.deepEqual(pageErrors, [], "no uncaught error in the page");
     } finally {
       await browser.close();
