@@ -57,6 +57,19 @@ Deno.test("a valid user token identifies the user", async () => {
   assert.equal(caller.kind === "user" && caller.userId, USER_ID);
 });
 
+for (
+  const [name, sub] of [["empty", ""], ["not a UUID", "user_2abc"], ["SQL-looking", "x' or 1=1 --"]]
+) {
+  Deno.test(`a validly signed token whose sub is ${name} identifies nobody (401)`, async () => {
+    const token = await new jose.SignJWT({ role: "authenticated", aud: "authenticated", sub })
+      .setProtectedHeader({ alg: "ES256", kid })
+      .setExpirationTime("1h")
+      .sign(privateKey);
+    const error = await rejection(userOnly(req({ authorization: `Bearer ${token}` })));
+    assert.equal(error.code, "unauthorized");
+  });
+}
+
 Deno.test("no credentials are unauthorized with a hint", async () => {
   const error = await rejection(userOnly(req({})));
   assert.equal(error.code, "unauthorized");
