@@ -569,21 +569,29 @@ test("no live server: reassign-device is 503 no_active_servers, get-device-qr is
   const db = await sql();
   const d = await device({ status: "disconnected" });
   const orphan = await device({ serverId: null });
-  // Every server of this database stops being live for the length of this test.
-  await db`update public.backend_servers set is_active = false`;
-  const response = await fn("reassign-device", {
-    method: "POST",
-    token: d.token,
-    json: { device_id: d.id },
-  });
-  await expectError(response, 503, "no_active_servers");
-  assert.ok(Number(response.headers.get("retry-after")) >= 1);
+  // Every server of this database stops being live for the length of this test, then comes back.
+  const paused = await db`
+      update public.backend_servers set is_active = false where is_active returning id`;
+  try {
+    const response = await fn("reassign-device", {
+      method: "POST",
+      token: d.token,
+      json: { device_id: d.id },
+    });
+    await expectError(response, 503, "no_active_servers");
+    assert.ok(Number(response.headers.get("retry-after")) >= 1);
 
-  const qr = await fn("get-device-qr", { token: orphan.token, query: `device_id=${orphan.id}` });
-  assert.equal(qr.status, 200);
-  const body = await qr.json();
-  assert.equal(body.status, "pending");
-  assert.equal(body.reason, "no_active_servers");
+    const qr = await fn("get-device-qr", { token: orphan.token, query: `device_id=${orphan.id}` });
+    assert.equal(qr.status, 200);
+    const body = await qr.json();
+    assert.equal(body.status, "pending");
+    assert.equal(body.reason, "no_active_servers");
+  } finally {
+    const ids = paused.map((row) => row.id);
+    if (ids.length > 0) {
+      await db`update public.backend_servers set is_active = true where id in ${db(ids)}`;
+    }
+  }
 });
 
 test("an unreachable database is 503 database_unavailable with Retry-After", async () => {
