@@ -116,6 +116,13 @@ export class Fleet {
   async stop(name: string, graceMs = 5_000): Promise<void> {
     const worker = this.#workers.get(name);
     if (!worker || !isAlive(worker.info.state)) return;
+    // A worker still booting has no SIGTERM handler yet; let it get that far.
+    await this.waitFor(
+      (e) =>
+        e.worker === name && e.seq > worker.spawnSeq &&
+        (e.type === "started" || e.type === "exited"),
+      graceMs,
+    ).catch(() => {});
     worker.info.state = "stopping";
     try {
       worker.child!.kill("SIGTERM");

@@ -1,0 +1,72 @@
+/**
+ * The fleet's control API drives real worker processes. No stack is needed:
+ * the workers point at a closed port, so they start, fail to heartbeat, and
+ * still obey their controls.
+ */
+import assert from "node:assert/strict";
+import { Fleet, fleetControl } from "../../worker/fleet.ts";
+
+function call(fleet: Fleet, method: string, path: string, body?: unknown) {
+  return fleetControl(
+    fleet,
+    new Request(`http://127.0.0.1${path}`, {
+      method,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    }),
+  );
+}
+
+Deno.test("the fleet control API adds, partitions, heals, kills and restarts workers", async () => {
+  const fleet = new Fleet({
+    env: {
+      SUPABASE_URL: "http://127.0.0.1:9",
+      SUPABASE_SECRET_KEY: "sb_secret_unused",
+      PATH: Deno.env.get("PATH") ?? "",
+      HOME: Deno.env.get("HOME") ?? "",
+    },
+    prefix: "control",
+  });
+  try {
+    const added = await call(fleet, "POST", "/fleet/workers");
+    assert.equal(added?.status, 201);
+    const { name } = await added!.json();
+    assert.equal(name, "control-1");
+    await fleet.waitFor((e) => e.worker === name && e.type === "started", 20_000);
+    await fleet.waitFor((e) => e.worker === name && e.type === "heartbeat_failed", 20_000);
+
+    const partitioned = await call(fleet, "POST", `/fleet/workers/${name}/partition`, {});
+    assert.equal((await partitioned!.json()).worker.state, "partitioned");
+    const ack = await fleet.waitFor((e) => e.type === "partitioned", 5_000);
+    assert.equal(ack.selfFencing, false, "a plain partition suspends self-fencing");
+
+    await call(fleet, "POST", `/fleet/workers/${name}/heal`);
+    await fleet.waitFor((e) => e.type === "healed", 5_000);
+
+    const firstPid = fleet.info(name).pid;
+    const killed = await call(fleet, "POST", `/fleet/workers/${name}/kill`);
+    assert.equal((await killed!.json()).worker.state, "killed");
+    const exit = await fleet.waitFor((e) => e.worker === name && e.type === "exited", 5_000);
+    assert.equal(exit.signal, "SIGKILL");
+
+    const restarted = await call(fleet, "POST", `/fleet/workers/${name}/restart`);
+    const info = (await restarted!.json()).worker;
+    assert.notEqual(info.pid, firstPid);
+    assert.equal(info.restarts, 1);
+
+    const list = await (await call(fleet, "GET", "/fleet"))!.json();
+    assert.deepEqual(list.workers.map((w: { name: string }) => w.name), [name]);
+
+    assert.equal((await call(fleet, "POST", "/fleet/workers/nobody/kill"))?.status, 404);
+    assert.equal((await call(fleet, "POST", "/fleet/scan", {}))?.status, 400);
+    assert.equal((await call(fleet, "GET", "/fleet/workers/control-1/kill"))?.status, 405);
+    assert.equal(await call(fleet, "GET", "/elsewhere"), null);
+  } finally {
+    await fleet.stopAll();
+  }
+  assert.ok(
+    fleet.list().every((w) => w.state === "stopped" || w.state === "killed"),
+    "no worker outlives stopAll",
+  );
+  const graceful = fleet.events.filter((e) => e.type === "exited").at(-1)!;
+  assert.equal(graceful.code, 0, "SIGTERM ends a worker cleanly");
+});
