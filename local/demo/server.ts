@@ -40,7 +40,7 @@ export async function bundlePage(): Promise<void> {
       "--minify",
       "--output",
       BUNDLE.pathname,
-      new URL("app.ts", PAGE_DIR).pathname,
+      new URL("app.mts", PAGE_DIR).pathname,
     ],
     cwd: ROOT.pathname,
     stdout: "null",

@@ -4,6 +4,10 @@
  * user, exactly as a product frontend would (supabase-js `functions.invoke`);
  * the fleet panel and the kill/partition/scan buttons go to the dev-only demo
  * server, since no real user may do those things.
+ *
+ * `.mts`, not `.ts`: it is type-checked against the DOM on its own
+ * (tests/demo/page_check_test.ts), so the DOM lib never mixes into a
+ * repository-wide `deno check` of the Deno code under local/.
  */
 import { createClient } from "@supabase/supabase-js";
 

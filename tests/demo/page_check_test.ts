@@ -1,0 +1,30 @@
+import assert from "node:assert/strict";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+Deno.test("the demo page type-checks against the DOM and bundles for the browser", async () => {
+  const deno = Deno.execPath();
+  const check = await new Deno.Command(deno, {
+    args: ["check", "--quiet", "local/demo/app.mts"],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(check.code, 0, new TextDecoder().decode(check.stderr));
+
+  const out = await Deno.makeTempFile({ suffix: ".js" });
+  try {
+    const bundle = await new Deno.Command(deno, {
+      args: ["bundle", "--quiet", "--platform", "browser", "--output", out, "local/demo/app.mts"],
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(bundle.code, 0, new TextDecoder().decode(bundle.stderr));
+    const code = await Deno.readTextFile(out);
+    assert.ok(code.includes("functions/v1"), "supabase-js is bundled in, not loaded from a CDN");
+    assert.doesNotMatch(code, /from\s*["']https?:/, "no remote imports left");
+  } finally {
+    await Deno.remove(out);
+  }
+});
