@@ -25,3 +25,13 @@ db-reset: setup     ## throw the local database away and rebuild it from the mig
 
 status: up          ## operator view of assignment_health()
 	@node_modules/.bin/deno run -A cli/operator.ts status
+
+# Operator verbs of the old fix script, over the reassign-device API:
+#   make reset-device ID=<uuid> [DRY_RUN=1]   make reset-inactive [DRY_RUN=1]   make reset-all [DRY_RUN=1]
+OPERATOR = node_modules/.bin/deno run -A cli/operator.ts
+reset-device: up
+	@$(OPERATOR) reset-device $(ID) $(if $(DRY_RUN),--dry-run)
+reset-inactive: up
+	@$(OPERATOR) reset-inactive $(if $(DRY_RUN),--dry-run)
+reset-all: up
+	@$(OPERATOR) reset-all $(if $(DRY_RUN),--dry-run)
