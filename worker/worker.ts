@@ -277,11 +277,17 @@ export class BackendWorker {
     this.#abort.abort();
     this.#dropAll("shutdown");
     if (this.#serverId === null) return;
-    try {
-      const result = await this.backend.shutdown(this.#serverId);
-      this.onEvent({ type: "shutdown", ...result });
-    } catch (error) {
-      this.onEvent({ type: "error", step: "shutdown", error: describe(error) });
+    // A few quick retries: a deploy stops many servers at once, and an answer
+    // lost now costs the devices a whole heartbeat timeout.
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      try {
+        const result = await this.backend.shutdown(this.#serverId);
+        this.onEvent({ type: "shutdown", ...result });
+        return;
+      } catch (error) {
+        this.onEvent({ type: "error", step: "shutdown", error: describe(error) });
+        if (attempt < 3) await this.clock.sleep(100 * attempt);
+      }
     }
   }
 

@@ -20,8 +20,10 @@ export class FakeClock implements Clock {
   advance(ms: number): void {
     this.time += ms;
   }
-  sleep(): Promise<void> {
-    throw new Error("unit tests drive the worker's steps directly");
+  /** Sleeping advances the fake time at once. */
+  sleep(ms: number): Promise<void> {
+    this.time += ms;
+    return Promise.resolve();
   }
 }
 

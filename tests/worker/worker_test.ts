@@ -276,3 +276,17 @@ Deno.test("a device deleted meanwhile is dropped, not retried forever", async ()
   assert.deepEqual(worker.deviceIds, []);
   assert.equal(events.filter((e) => e.type === "publish_rejected").length, 1);
 });
+
+Deno.test("shutdown retries server_shutdown when the first answer is lost", async () => {
+  const { db, worker } = setup();
+  await worker.heartbeat();
+  let calls = 0;
+  db.shutdown = () => {
+    calls++;
+    return calls === 1
+      ? Promise.reject(new BackendError("unavailable", "deadlock detected", 500))
+      : Promise.resolve({ released: 0, reassigned: 0 });
+  };
+  await worker.shutdown();
+  assert.equal(calls, 2);
+});
