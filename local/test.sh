@@ -8,6 +8,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export PATH="$ROOT/node_modules/.bin:$PATH"
+export NO_COLOR=1
 RESULTS="$ROOT/test-results"
 mkdir -p "$RESULTS"
 
