@@ -85,6 +85,21 @@ export async function startDemoPairing(dbUrl: string, serverIds: string[]): Prom
   }
 }
 
+/** On exit: leave no demo device connecting, so nothing of the demo stays orphaned. */
+export async function parkDemoDevices(dbUrl: string): Promise<void> {
+  const sql = postgres(dbUrl, { max: 1, onnotice: () => {} });
+  try {
+    await sql`
+      update public.devices set
+        status = 'disconnected', assigned_server_id = null, assigned_at = null,
+        qr_code = null, qr_updated_at = null, qr_expires_at = null,
+        assignment_epoch = assignment_epoch + 1, updated_at = now()
+      where id = any(${DEMO_DEVICES.map((device) => device.id)}::uuid[])`;
+  } finally {
+    await sql.end();
+  }
+}
+
 export interface PreviousSettings {
   heartbeatTimeoutSeconds: number;
 }

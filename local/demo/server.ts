@@ -14,7 +14,14 @@ import { createClient } from "@supabase/supabase-js";
 import { Fleet, fleetControl, workerEnv } from "../../worker/fleet.ts";
 import { stackEnv } from "../../worker/env.ts";
 import { mintDemoToken } from "./token.ts";
-import { DEMO_DEVICES, DEMO_USER, restoreSettings, seedDemo, startDemoPairing } from "./seed.ts";
+import {
+  DEMO_DEVICES,
+  DEMO_USER,
+  parkDemoDevices,
+  restoreSettings,
+  seedDemo,
+  startDemoPairing,
+} from "./seed.ts";
 
 const ROOT = new URL("../../", import.meta.url);
 const PAGE_DIR = new URL("./", import.meta.url);
@@ -125,6 +132,7 @@ export async function startDemoServer(options: DemoServerOptions) {
         await fleet.stopAll();
         await server.shutdown();
         await restoreSettings(dbUrl, previous).catch(() => {});
+        await parkDemoDevices(dbUrl).catch(() => {});
       })();
       return stopped;
     },

@@ -6,6 +6,8 @@
  */
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
+import { closeStack, getStack, sql } from "../e2e/harness.ts";
+import { DEMO_USER } from "../../local/demo/seed.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const RESULTS = `${ROOT}test-results`;
@@ -63,6 +65,9 @@ Deno.test({
   sanitizeResources: false,
   async fn() {
     await Deno.mkdir(RESULTS, { recursive: true });
+    await getStack();
+    const db = await sql();
+    const [before] = await db`select heartbeat_timeout::text as t from public.assignment_settings`;
     const dev = await startDev();
     const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
     try {
@@ -139,5 +144,13 @@ Deno.test({
       fetch(`http://127.0.0.1:${DEMO_PORT}/`, { signal: AbortSignal.timeout(2_000) }),
       "the demo server is stopped",
     );
+    // And it leaves the database as it found it: no demo device left connecting
+    // (orphaned), the heartbeat timeout restored.
+    const [after] = await db`select heartbeat_timeout::text as t from public.assignment_settings`;
+    const [left] = await db`select count(*)::int as n from public.devices
+                            where user_id = ${DEMO_USER.id} and status = 'connecting'`;
+    await closeStack();
+    assert.equal(after.t, before.t);
+    assert.equal(left.n, 0);
   },
 });
