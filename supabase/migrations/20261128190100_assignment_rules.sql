@@ -101,9 +101,11 @@ $$;
 -- near 2N rows however many servers exist.
 -- With p_avoid_current (a stale device), the server it is leaving is skipped
 -- when any other server has room; p_device_ids then holds a single device.
+-- p_exclude_server is never picked (a server draining itself).
 create or replace function device_assignment.plan_assignment(
   p_device_ids uuid[],
-  p_avoid_current boolean default false
+  p_avoid_current boolean default false,
+  p_exclude_server uuid default null
 )
 returns table (device_id uuid, from_server_id uuid, to_server_id uuid)
 language sql
@@ -133,7 +135,8 @@ as $$
     from device_assignment.live_servers l
     cross join public.assignment_settings cfg
     cross join demand
-    where l.max_capacity is null or coalesce(l.current_load, 0) < l.max_capacity
+    where (l.max_capacity is null or coalesce(l.current_load, 0) < l.max_capacity)
+      and l.id is distinct from p_exclude_server
   ),
   candidates as (
     select w.*
@@ -173,7 +176,8 @@ create or replace function device_assignment.assign_devices(
   p_reason text,
   p_actor text,
   p_avoid_current boolean default false,
-  p_dry_run boolean default false
+  p_dry_run boolean default false,
+  p_exclude_server uuid default null
 )
 returns table (device_id uuid, from_server_id uuid, to_server_id uuid, epoch bigint)
 language plpgsql
@@ -184,6 +188,10 @@ as $$
 declare
   v_locked uuid[];
   v_id uuid;
+  v_moved_ids uuid[];
+  v_from uuid[];
+  v_to uuid[];
+  v_epochs bigint[];
 begin
   if coalesce(cardinality(p_device_ids), 0) = 0 then
     return;
@@ -193,7 +201,7 @@ begin
     foreach v_id in array p_device_ids loop
       return query
         select * from device_assignment.assign_devices(
-          array[v_id], p_reason, p_actor, true, p_dry_run);
+          array[v_id], p_reason, p_actor, true, p_dry_run, p_exclude_server);
     end loop;
     return;
   end if;
@@ -201,7 +209,7 @@ begin
   if p_dry_run then
     return query
       select p.device_id, p.from_server_id, p.to_server_id, d.assignment_epoch + 1
-      from device_assignment.plan_assignment(p_device_ids, p_avoid_current) p
+      from device_assignment.plan_assignment(p_device_ids, p_avoid_current, p_exclude_server) p
       join public.devices d on d.id = p.device_id
       where p.to_server_id is not null or p.from_server_id is not null;
     return;
@@ -215,10 +223,9 @@ begin
     for update skip locked
   ) l;
 
-  return query
   with plan as (
     select p.*
-    from device_assignment.plan_assignment(v_locked, p_avoid_current) p
+    from device_assignment.plan_assignment(v_locked, p_avoid_current, p_exclude_server) p
     where p.to_server_id is not null or p.from_server_id is not null
   ),
   moved as (
@@ -236,28 +243,46 @@ begin
      where d.id = p.device_id
     returning d.id, p.from_server_id, p.to_server_id, d.assignment_epoch
   ),
-  load_change as (
-    select server_id, sum(delta)::integer as delta
-    from (
-      select to_server_id as server_id, 1 as delta from moved where to_server_id is not null
-      union all
-      select from_server_id, -1 from moved where from_server_id is not null
-    ) changes
-    group by server_id
-  ),
-  loads as (
-    update public.backend_servers s
-       set current_load = greatest(coalesce(s.current_load, 0) + c.delta, 0)
-      from load_change c
-     where s.id = c.server_id and c.delta <> 0
-  ),
   audit as (
     insert into public.device_assignment_events
       (device_id, from_server_id, to_server_id, epoch, reason, actor)
     select m.id, m.from_server_id, m.to_server_id, m.assignment_epoch, p_reason, p_actor
     from moved m
   )
-  select m.id, m.from_server_id, m.to_server_id, m.assignment_epoch from moved m;
+  select array_agg(m.id), array_agg(m.from_server_id), array_agg(m.to_server_id),
+         array_agg(m.assignment_epoch)
+    into v_moved_ids, v_from, v_to, v_epochs
+  from moved m;
+
+  if v_moved_ids is null then
+    return;
+  end if;
+
+  -- Server rows are locked in id order before their load changes, so two
+  -- transactions moving devices between the same servers never deadlock.
+  -- NO KEY UPDATE, like the load update itself, does not conflict with the
+  -- KEY SHARE locks that the devices foreign key took above.
+  perform from public.backend_servers s
+   where s.id = any(v_from) or s.id = any(v_to)
+   order by s.id
+   for no key update;
+
+  update public.backend_servers s
+     set current_load = greatest(coalesce(s.current_load, 0) + c.delta, 0)
+    from (
+      select server_id, sum(delta)::integer as delta
+      from (
+        select unnest(v_to) as server_id, 1 as delta
+        union all
+        select unnest(v_from), -1
+      ) changes
+      where server_id is not null
+      group by server_id
+    ) c
+   where s.id = c.server_id and c.delta <> 0;
+
+  return query
+    select * from unnest(v_moved_ids, v_from, v_to, v_epochs);
 end;
 $$;
 

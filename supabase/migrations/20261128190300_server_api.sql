@@ -294,20 +294,25 @@ declare
   v_devices uuid[];
   v_reassigned integer;
 begin
-  update public.backend_servers s
-     set is_active = false, updated_at = now()
-   where s.id = p_server_id
-  returning s.server_name into v_name;
+  select s.server_name into v_name from public.backend_servers s where s.id = p_server_id;
   if not found then
     perform device_assignment.raise_api_error('not_found', 404);
   end if;
 
+  -- Move the devices first, never to this server, and only then mark it
+  -- inactive: its row is then locked in the same id order as every other
+  -- transaction's (see assign_devices), so concurrent drains cannot deadlock.
   select array_agg(d.id) into v_devices
   from public.devices d
   where d.assigned_server_id = p_server_id and d.status = 'connecting';
 
   select count(*) filter (where a.to_server_id is not null) into v_reassigned
-  from device_assignment.assign_devices(v_devices, 'server_shutdown', 'server:' || v_name) a;
+  from device_assignment.assign_devices(
+    v_devices, 'server_shutdown', 'server:' || v_name, false, false, p_server_id) a;
+
+  update public.backend_servers s
+     set is_active = false, updated_at = now()
+   where s.id = p_server_id;
 
   return jsonb_build_object(
     'server_id', p_server_id,

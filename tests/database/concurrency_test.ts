@@ -195,3 +195,25 @@ Deno.test("claims racing maintenance and user polls hand each orphan to one owne
     }
   });
 });
+
+Deno.test("servers draining at the same moment never deadlock", async () => {
+  await withFleet(async (tag, admin) => {
+    const servers = Array.from({ length: 6 }, () => connect());
+    try {
+      const ids = await Promise.all(servers.map((sql, i) => heartbeat(sql, `${tag}-drain-${i}`)));
+      for (const id of ids) await seed(admin, tag, 40, id);
+      const results = await Promise.allSettled(
+        servers.map((sql, i) => sql`select public.server_shutdown(${ids[i]}) as result`),
+      );
+      const errors = results.filter((r) => r.status === "rejected")
+        .map((r) => String((r as PromiseRejectedResult).reason?.message));
+      assert.deepEqual(errors, [], "every drain completed");
+      const [{ active }] = await admin`
+        select count(*)::int as active from public.backend_servers
+        where server_name like ${tag + "-drain-%"} and is_active`;
+      assert.equal(active, 0, "every drained server is inactive");
+    } finally {
+      await Promise.all(servers.map((sql) => sql.end()));
+    }
+  });
+});
