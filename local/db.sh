@@ -8,14 +8,20 @@
 #   local/db.sh stop      stop, leaves no process behind
 #   local/db.sh reset     throw the cluster away, create it anew, push migrations
 #   local/db.sh push      apply pending migrations with `supabase db push`
-#   local/db.sh url       print the connection URL
+#   local/db.sh url [db]  print the connection URL (cli-url: as the Supabase CLI needs it)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PG_BIN="/usr/lib/postgresql/15/bin"
 DB_PORT="${DB_PORT:-54322}"
 DB_PASSWORD="postgres"
-DB_URL="postgresql://postgres:${DB_PASSWORD}@127.0.0.1:${DB_PORT}/postgres"
+db_url() { echo "postgresql://postgres:${DB_PASSWORD}@127.0.0.1:${DB_PORT}/${1:-postgres}"; }
+# The Supabase CLI treats any port but the config's 54322 as a remote database
+# and then insists on TLS unless told otherwise.
+cli_url() {
+  if [ "$DB_PORT" = 54322 ]; then db_url "$@"; else echo "$(db_url "$@")?sslmode=disable"; fi
+}
+DB_URL="$(db_url)"
 
 log() { printf '[db] %s\n' "$*" >&2; }
 
@@ -113,7 +119,7 @@ bootstrap() {
 
 push() {
   log "applying migrations with supabase db push"
-  (cd "$ROOT" && "$ROOT/node_modules/.bin/supabase" db push --db-url "$DB_URL" --yes) >"$STATE/push.log" 2>&1 || {
+  (cd "$ROOT" && "$ROOT/node_modules/.bin/supabase" db push --db-url "$(cli_url)" --yes) >"$STATE/push.log" 2>&1 || {
     cat "$STATE/push.log" >&2
     exit 1
   }
@@ -140,8 +146,10 @@ case "${1:-}" in
   reset) reset ;;
   push) push ;;
   bootstrap) bootstrap ;;
-  url) echo "$DB_URL" ;;
+  url) db_url "${2:-postgres}" ;;
+  cli-url) cli_url "${2:-postgres}" ;;
   state-dir) echo "$STATE" ;;
   psql) shift; psql_admin -d postgres "$@" ;;
+  port) echo "$DB_PORT" ;;
   *) echo "usage: local/db.sh start|stop|reset|push|url|psql" >&2; exit 2 ;;
 esac

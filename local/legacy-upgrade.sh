@@ -5,8 +5,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-DB_URL="$(local/db.sh url)"
-LEGACY_URL="${DB_URL%/postgres}/legacy_upgrade"
+LEGACY_URL="$(local/db.sh cli-url legacy_upgrade)"
 
 local/db.sh psql -c "drop database if exists legacy_upgrade with (force)" >/dev/null
 local/db.sh psql -c "create database legacy_upgrade" >/dev/null

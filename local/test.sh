@@ -60,7 +60,8 @@ deno_suite() { # deno_suite <name> <deno test args...>
 
 local/setup.sh || { echo "0 passed, 1 failed"; exit 1; }
 local/gateway.sh stop >/dev/null 2>&1 || true
-DB_URL="$(local/db.sh url)"
+DB_URL="$(local/db.sh cli-url)"
+DB_PORT="$(local/db.sh port)"
 export PGPASSWORD=postgres
 
 gate "migrations apply to an empty database" local/db.sh reset
@@ -74,15 +75,18 @@ gate "supabase db lint (warning)" supabase db lint --db-url "$DB_URL" --level wa
   --schema public,device_assignment --fail-on warning
 gate "supabase db advisors (warn)" supabase db advisors --db-url "$DB_URL" --fail-on warn
 
-tap "pgTAP supabase/tests/database" -h 127.0.0.1 -p 54322 -U postgres -d postgres \
+tap "pgTAP supabase/tests/database" -h 127.0.0.1 -p "$DB_PORT" -U postgres -d postgres \
   --ext .sql supabase/tests/database/
-tap "pgTAP legacy upgrade" -h 127.0.0.1 -p 54322 -U postgres -d legacy_upgrade \
+tap "pgTAP legacy upgrade" -h 127.0.0.1 -p "$DB_PORT" -U postgres -d legacy_upgrade \
   local/fixtures/legacy_upgrade.test.sql
 
 # The Deno suites reach the stack through SUPABASE_URL and keys only.
 if [ -x local/gateway.sh ]; then
   gate "local gateway starts" local/gateway.sh start
 fi
+# Every suite below reads the stack from the environment, as against a real
+# `supabase start`: the URL and keys the gateway wrote to .env.local.
+if [ -f .env.local ]; then set -a; . ./.env.local; set +a; fi
 gate "deno fmt --check" deno fmt --check
 gate "deno lint" deno lint
 deno_suite "deno tests" -A --no-check=remote tests/
