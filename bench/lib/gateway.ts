@@ -1,0 +1,124 @@
+/**
+ * A private gateway for the benchmarks (local/gateway/main.ts on a free port)
+ * in front of a benchmark database, serving the real get-device-qr next to the
+ * bench-only `floor` function. The shared stack on :54321 is left alone.
+ *
+ * Functions come from a temporary functions directory and config.toml whose
+ * entrypoints point at the real sources, so nothing is copied.
+ */
+import { REPO } from "./pg.ts";
+
+export interface BenchGateway {
+  url: string;
+  pid: number;
+  /** Pids of the function processes, by name, once they have served a request. */
+  functionPids(): Promise<Record<string, number>>;
+  stop(): Promise<void>;
+}
+
+export const FUNCTIONS = {
+  "get-device-qr": {
+    entrypoint: `${REPO}/supabase/functions/get-device-qr/index.ts`,
+    importMap: `${REPO}/supabase/functions/get-device-qr/deno.json`,
+  },
+  floor: {
+    entrypoint: `${REPO}/bench/fixtures/floor/index.ts`,
+    importMap: `${REPO}/bench/fixtures/floor/deno.json`,
+  },
+};
+
+async function stateDir(): Promise<string> {
+  const { stdout } = await new Deno.Command(`${REPO}/local/db.sh`, { args: ["state-dir"] })
+    .output();
+  return new TextDecoder().decode(stdout).trim();
+}
+
+export async function signingStateDir(): Promise<string> {
+  return await stateDir();
+}
+
+export async function startBenchGateway(dbUrl: string): Promise<BenchGateway> {
+  const root = await Deno.makeTempDir({ prefix: "bench-functions-" });
+  const toml: string[] = [];
+  for (const [name, fn] of Object.entries(FUNCTIONS)) {
+    // The gateway runs each function with its directory as cwd.
+    await Deno.mkdir(`${root}/functions/${name}`, { recursive: true });
+    toml.push(
+      `[functions.${name}]`,
+      `enabled = true`,
+      `verify_jwt = false`,
+      `entrypoint = "${fn.entrypoint}"`,
+      `import_map = "${fn.importMap}"`,
+      "",
+    );
+  }
+  await Deno.writeTextFile(`${root}/config.toml`, toml.join("\n"));
+  const requestLog = `${root}/requests.log`;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-all",
+      "--quiet",
+      "--unstable-no-legacy-abort",
+      `${REPO}/local/gateway/main.ts`,
+    ],
+    cwd: REPO,
+    env: {
+      GATEWAY_PORT: "0",
+      GATEWAY_STATE_DIR: await stateDir(),
+      GATEWAY_ENV_FILE: "",
+      GATEWAY_PREWARM: "0",
+      GATEWAY_WATCH: "0",
+      GATEWAY_REQUEST_LOG: requestLog,
+      SUPABASE_DB_URL: dbUrl,
+      FUNCTIONS_DIR: `${root}/functions`,
+      FUNCTIONS_CONFIG: `${root}/config.toml`,
+    },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let output = "";
+  let url: string | null = null;
+  while (url === null) {
+    const { value, done } = await reader.read();
+    if (done) {
+      const err = await new Response(child.stderr).text();
+      throw new Error(`bench gateway exited before listening:\n${output}\n${err}`);
+    }
+    output += value;
+    url = /gateway listening on (\S+)/.exec(output)?.[1] ?? null;
+  }
+  const drained = (async () => {
+    while (!(await reader.read()).done) { /* discard */ }
+  })();
+  const stderrDrained = child.stderr.pipeTo(new WritableStream());
+
+  return {
+    url,
+    pid: child.pid,
+    async functionPids() {
+      const { stdout } = await new Deno.Command("ps", {
+        args: ["-o", "pid=,args=", "--ppid", String(child.pid)],
+      }).output();
+      const pids: Record<string, number> = {};
+      for (const line of new TextDecoder().decode(stdout).split("\n")) {
+        const match = /^\s*(\d+)\s+(.*)$/.exec(line);
+        if (!match) continue;
+        for (const [name, fn] of Object.entries(FUNCTIONS)) {
+          if (match[2].includes(fn.entrypoint)) pids[name] = Number(match[1]);
+        }
+      }
+      return pids;
+    },
+    async stop() {
+      try {
+        child.kill("SIGTERM");
+      } catch { /* gone */ }
+      await child.status;
+      await Promise.allSettled([drained, stderrDrained]);
+      await Deno.remove(root, { recursive: true }).catch(() => {});
+    },
+  };
+}

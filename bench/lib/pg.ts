@@ -1,0 +1,82 @@
+/**
+ * The benchmark's own databases on the local cluster. Other engineers run
+ * tests against `postgres` on the same cluster, so every benchmark works in a
+ * database it creates (bootstrap + the real migrations through the Supabase
+ * CLI, as local/db.sh does) and drops at the end.
+ */
+import postgres from "postgres";
+
+export const REPO = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+const CLUSTER = "postgresql://postgres:postgres@127.0.0.1:54322";
+
+export function databaseUrl(name: string): string {
+  return `${CLUSTER}/${name}`;
+}
+
+async function run(command: string, args: string[], env: Record<string, string> = {}) {
+  const { code, stdout, stderr } = await new Deno.Command(command, {
+    args,
+    cwd: REPO,
+    env: { PGPASSWORD: "postgres", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+  if (code !== 0) throw new Error(`${command} ${args.join(" ")} failed:\n${text}`);
+  return text;
+}
+
+/** A fresh database with the Supabase bootstrap and every migration applied. */
+export async function createBenchDatabase(name: string): Promise<string> {
+  await dropBenchDatabase(name);
+  const admin = postgres(databaseUrl("postgres"), { max: 1, onnotice: () => {} });
+  try {
+    await admin.unsafe(`create database ${name}`);
+  } finally {
+    await admin.end();
+  }
+  await run("psql", [
+    "-X",
+    "-q",
+    "-v",
+    "ON_ERROR_STOP=1",
+    "-h",
+    "127.0.0.1",
+    "-p",
+    "54322",
+    "-U",
+    "postgres",
+    "-d",
+    name,
+    "-f",
+    "local/sql/supabase-bootstrap.sql",
+  ]);
+  await run(`${REPO}/node_modules/.bin/supabase`, [
+    "db",
+    "push",
+    "--db-url",
+    databaseUrl(name),
+    "--yes",
+  ]);
+  return databaseUrl(name);
+}
+
+export async function dropBenchDatabase(name: string): Promise<void> {
+  const admin = postgres(databaseUrl("postgres"), { max: 1, onnotice: () => {} });
+  try {
+    await admin.unsafe(`drop database if exists ${name} with (force)`);
+  } finally {
+    await admin.end();
+  }
+}
+
+export function connect(url: string, max = 1, onnotice?: (n: postgres.Notice) => void) {
+  return postgres(url, {
+    max,
+    onnotice: onnotice ?? (() => {}),
+    idle_timeout: 20,
+    connection: { application_name: "bench" },
+  });
+}
+
+export type Sql = postgres.Sql;

@@ -1,0 +1,401 @@
+/**
+ * Renders bench/results/REPORT.md and its charts from one run's results.
+ * Every target is stated as met or missed with the figure that decides it.
+ */
+import type { FailoverReport } from "./failover.ts";
+import { barChart, logLogChart } from "./lib/chart.ts";
+import { fmt, type Summary } from "./lib/stats.ts";
+import type { CostCell, Endpoint, RequestCostReport } from "./request_cost.ts";
+import type { Plan, ScaleReport } from "./sql_scale.ts";
+
+export interface Environment {
+  date: string;
+  mode: "quick" | "full";
+  durationSeconds: number;
+  cpu: string;
+  cores: number;
+  memoryGiB: number;
+  kernel: string;
+  loadBefore: string;
+  loadAfter: string;
+  deno: string;
+  postgres: string;
+  supabaseCli: string;
+  packages: Record<string, string>;
+  commit: string;
+}
+
+export interface BenchResults {
+  env: Environment;
+  requestCost: RequestCostReport | null;
+  sqlScale: ScaleReport | null;
+  failover: FailoverReport | null;
+}
+
+interface Verdict {
+  target: string;
+  measured: string;
+  met: boolean | null;
+}
+
+const ENDPOINT_LABEL: Record<Endpoint, string> = {
+  floor: "floor (bench fn → bench_floor RPC)",
+  json: "get-device-qr json",
+  png: "get-device-qr png (cached)",
+  "rest-floor": "direct /rest/v1/rpc/bench_floor",
+  "rest-qr": "direct /rest/v1/rpc/get_device_qr",
+};
+
+const ms = (s: Summary) => `${fmt(s.median)} ms (${fmt(s.min)}–${fmt(s.max)})`;
+const mark = (met: boolean | null) => (met === null ? "n/a" : met ? "**met**" : "**missed**");
+
+function cell(cells: CostCell[], endpoint: Endpoint, concurrency: number): CostCell | undefined {
+  return cells.find((c) => c.endpoint === endpoint && c.concurrency === concurrency);
+}
+
+function requestCostSection(r: RequestCostReport, verdicts: Verdict[]): string {
+  const lines: string[] = [];
+  const concurrencies = [...new Set(r.cells.map((c) => c.concurrency))];
+  lines.push(
+    "| endpoint | conc. | req/s median (min–max) | p50 ms | p99 ms | cost vs floor (floor req/s ÷ req/s) |",
+    "|---|---:|---:|---:|---:|---:|",
+  );
+  for (const concurrency of concurrencies) {
+    const floor = cell(r.cells, "floor", concurrency)!;
+    for (const c of r.cells.filter((x) => x.concurrency === concurrency)) {
+      const ratio = floor.perSecond.median / c.perSecond.median;
+      lines.push(
+        `| ${ENDPOINT_LABEL[c.endpoint]} | ${concurrency} | ${fmt(c.perSecond.median)} (${
+          fmt(c.perSecond.min)
+        }–${fmt(c.perSecond.max)}) | ${fmt(c.p50.median)} | ${fmt(c.p99.median)} | ${
+          fmt(ratio)
+        }× |`,
+      );
+    }
+  }
+  lines.push(
+    "",
+    `Runs per cell: ${
+      r.cells[0]?.runs.length ?? 0
+    }, closed loop (each client sends its next request when the previous one ends), endpoints interleaved within each repetition. Errors: ${
+      r.cells.reduce((s, c) => s + c.runs.reduce((t, x) => t + x.errors, 0), 0)
+    }. The load generator runs on the same 2 cores as the gateway, the function processes and PostgreSQL, so absolute figures are low; ratios measured in one run are what to compare.`,
+    "",
+    "Database statements per request (pg_stat_statements, top-level, this benchmark's database only, sequential requests):",
+    "",
+    "| endpoint | requests | statements / request | RPC statements / request | RPC mean exec ms | statements |",
+    "|---|---:|---:|---:|---:|---|",
+  );
+  for (const s of r.statements) {
+    lines.push(
+      `| ${ENDPOINT_LABEL[s.endpoint]} | ${s.requests} | ${fmt(s.perRequest)} | ${
+        fmt(s.rpcPerRequest)
+      } | ${fmt(s.rpcMeanMs)} | ${
+        s.breakdown.map((b) => `\`${b.query.slice(0, 48)}…\` ×${fmt(b.perRequest)}`).join("<br>")
+      } |`,
+    );
+  }
+  const json16 = cell(r.cells, "json", 16);
+  const floor16 = cell(r.cells, "floor", 16);
+  if (json16 && floor16) {
+    const ratio = floor16.perSecond.median / json16.perSecond.median;
+    verdicts.push({
+      target: "get-device-qr (json) ≤ 1.3× the floor at concurrency 16",
+      measured: `${fmt(ratio)}× (${fmt(json16.perSecond.median)} vs ${
+        fmt(floor16.perSecond.median)
+      } req/s)`,
+      met: ratio <= 1.3,
+    });
+  }
+  const png16 = cell(r.cells, "png", 16);
+  if (png16 && floor16) {
+    const ratio = floor16.perSecond.median / png16.perSecond.median;
+    verdicts.push({
+      target: "get-device-qr (png, cached) ≤ 1.3× the floor at concurrency 16",
+      measured: `${fmt(ratio)}× (${fmt(png16.perSecond.median)} vs ${
+        fmt(floor16.perSecond.median)
+      } req/s)`,
+      met: ratio <= 1.3,
+    });
+  }
+  const stmts = r.statements.find((s) => s.endpoint === "json");
+  if (stmts) {
+    verdicts.push({
+      target: "exactly 1 RPC statement per get-device-qr without wait",
+      measured: `${fmt(stmts.rpcPerRequest)} RPC statement (${
+        fmt(stmts.perRequest)
+      } statements in all, incl. the gateway's transaction and settings)`,
+      met: Math.abs(stmts.rpcPerRequest - 1) < 0.005,
+    });
+  }
+  return lines.join("\n");
+}
+
+function footprintSection(r: RequestCostReport): string {
+  if (r.footprint.length === 0) return "Not measured in this mode.";
+  const lines = [
+    "| function | cold start (first request to a new process) | warm request | RSS after start | RSS after N requests | N |",
+    "|---|---:|---:|---:|---:|---:|",
+  ];
+  for (const f of r.footprint) {
+    lines.push(
+      `| ${f.fn} | ${ms(f.coldStartMs)} n=${f.coldStartMs.n} | ${ms(f.warmMs)} | ${
+        fmt(f.rssAfterStartMiB)
+      } MiB | ${fmt(f.rssAfterRequestsMiB)} MiB | ${f.requests.toLocaleString("en-US")} |`,
+    );
+  }
+  lines.push(
+    "",
+    "Cold start is measured at the client: the gateway starts the function process on its first request (prewarm off), so it includes process start, module loading and that first request. The floor function loads the same auth and HTTP modules but not zod's request schema, long-poll or the QR renderer.",
+  );
+  return lines.join("\n");
+}
+
+function sqlSection(r: ScaleReport, verdicts: Verdict[]): string {
+  const lines = [
+    "| devices | connecting | maintenance, nothing to do | (its own duration_ms) | maintenance, 1% orphaned | bulk reassign_devices('inactive') | claims/s, 8 claimers | double claims | assignment_health() |",
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ];
+  for (const x of r.results) {
+    lines.push(
+      `| ${x.devices.toLocaleString("en-US")} | ${x.connecting.toLocaleString("en-US")} | ${
+        ms(x.idleMs)
+      } | ${fmt(x.idleReportedMs.median)} ms | ${ms(x.orphanMs)} for ${
+        x.orphanMoved.toLocaleString("en-US")
+      } | ${ms(x.bulkMs)} for ${x.bulkMoved.toLocaleString("en-US")} | ${
+        fmt(x.claimsPerSecond.median)
+      } (${fmt(x.claimsPerSecond.min)}–${fmt(x.claimsPerSecond.max)}) | ${
+        x.claims.reduce((s, c) => s + c.duplicates, 0)
+      } of ${x.claims.reduce((s, c) => s + c.claimed, 0).toLocaleString("en-US")} | ${
+        ms(x.healthMs)
+      } |`,
+    );
+  }
+  lines.push(
+    "",
+    `Times are wall clock at the client (one round trip included), median (min–max) over: maintenance idle n=${
+      r.results[0]?.idleMs.n
+    }, orphaned n=${r.results[0]?.orphanMs.n}, bulk n=${r.results[0]?.bulkMs.n}, claim runs n=${
+      r.results[0]?.claims.length
+    }, health n=${
+      r.results[0]?.healthMs.n
+    }. Orphaned and bulk scenarios run in a transaction that is rolled back; claims are committed and undone after each run. Claim runs: each claimer is a server calling claim_devices(server, 100) on its own servers until a call claims nothing; a device counts as handed out twice if two calls returned it as claimed or the audit holds two 'claimed' rows for it. Not-idle idle passes: ${
+      r.results.map((x) => x.idleNotIdle).join(", ")
+    }.`,
+  );
+  const largest = r.results[r.results.length - 1];
+  const smallest = r.results[0];
+  if (largest) {
+    verdicts.push({
+      target: `idle maintenance ≤ 50 ms at ${largest.devices.toLocaleString("en-US")} devices`,
+      measured: ms(largest.idleMs),
+      met: largest.devices >= 1_000_000 ? largest.idleMs.median <= 50 : null,
+    });
+    if (smallest && smallest !== largest) {
+      const growth = largest.idleMs.median / smallest.idleMs.median;
+      const tableGrowth = largest.devices / smallest.devices;
+      verdicts.push({
+        target: "idle cost grows with the devices that need work, not with the table",
+        measured: `idle ×${fmt(growth)} for a table ×${
+          fmt(tableGrowth)
+        } with 0 devices needing work: the orphan check reads every connecting device (${
+          largest.connecting.toLocaleString("en-US")
+        } at the largest size)`,
+        met: growth < 1.5,
+      });
+    }
+    const claims = largest.claimsPerSecond.median;
+    verdicts.push({
+      target: `≥ 10,000 claims/s with 8 claimers (${
+        largest.devices.toLocaleString("en-US")
+      } devices)`,
+      measured: `${fmt(claims)} claims/s`,
+      met: claims >= 10_000,
+    });
+    verdicts.push({
+      target: "no device handed out twice",
+      measured: `${
+        r.results.reduce((s, x) => s + x.claims.reduce((t, c) => t + c.duplicates, 0), 0)
+      } double claims, ${
+        r.results.reduce((s, x) => s + x.claims.reduce((t, c) => t + c.leftOrphaned, 0), 0)
+      } left orphaned`,
+      met: r.results.every((x) => x.claims.every((c) => c.duplicates === 0)),
+    });
+    verdicts.push({
+      target: `10,000 reassignments < 1 s (${largest.devices.toLocaleString("en-US")} devices)`,
+      measured: `${ms(largest.bulkMs)} for ${largest.bulkMoved.toLocaleString("en-US")}`,
+      met: largest.bulkMoved >= 10_000 ? largest.bulkMs.median < 1000 : null,
+    });
+  }
+  return lines.join("\n");
+}
+
+/** The plans worth reading: the statements that select work, lock it, or cost time. */
+function selectPlans(plans: Plan[]): Plan[] {
+  const seen = new Set<string>();
+  const chosen: Plan[] = [];
+  const interesting =
+    /orphaned_devices|stale_devices|skip locked|qr_expires_at <= now\(\)|plan_assignment|with taken as/i;
+  for (const plan of plans) {
+    const query = plan.text.split("\n")[0];
+    if (query.startsWith("Query Text: SELECT 1 FROM ONLY")) continue;
+    if (/^Query Text:\s+select (public|device_assignment)\./i.test(query)) continue;
+    if (
+      !interesting.test(
+        plan.text.split(
+          /\n(?=\S*(Aggregate|Update|Result|Hash|Limit|CTE|Insert|Function|Nested|Sort|Seq|Index|Subquery|Append|LockRows))/,
+        )[0],
+      ) && plan.durationMs < 2
+    ) continue;
+    const key = `${plan.scenario}|${query.slice(0, 80)}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    chosen.push(plan);
+  }
+  return chosen;
+}
+
+function plansSection(plans: Plan[]): string {
+  if (plans.length === 0) return "Not captured in this mode.";
+  const out: string[] = [
+    "Captured with `auto_explain` (log_analyze, log_buffers, log_nested_statements; output sent to the client) while the SQL functions ran, so these are the plans the functions really use (plpgsql's cached plans included). Timing instrumentation inflates the durations; the tables above are measured without it. Long uuid arrays are elided.",
+    "",
+  ];
+  for (const plan of selectPlans(plans)) {
+    const text = plan.text.replace(/'\{[^}]{120,}\}'/g, "'{…}'").replace(
+      /\{[0-9a-f-]{36}(,[0-9a-f-]{36}){3,}\}/g,
+      "{…}",
+    );
+    out.push(
+      `#### ${plan.scenario}: ${fmt(plan.durationMs)} ms`,
+      "",
+      "```",
+      text.length > 7000 ? text.slice(0, 7000) + "\n… (truncated)" : text,
+      "```",
+      "",
+    );
+  }
+  return out.join("\n");
+}
+
+function failoverSection(f: FailoverReport, verdicts: Verdict[]): string {
+  const lines = [
+    `Settings during the run: heartbeat_timeout ${f.heartbeatTimeoutS} s, worker poll ${
+      f.pollMs / 1000
+    } s, QR generation ${f.qrGenerationMs} ms; restored afterwards. Time is from the SIGKILL of the server to the moment each device first shows a fresh QR published by a live server.`,
+    "",
+    "| K devices | path | p50 s | p99 s | max s | recovered | runs |",
+    "|---:|---|---:|---:|---:|---:|---:|",
+  ];
+  for (const row of f.rows) {
+    lines.push(
+      `| ${row.k} | ${row.path} | ${fmt(row.p50)} | ${fmt(row.p99)} | ${
+        fmt(row.max)
+      } | ${row.recovered}/${row.total} | ${row.runs} |`,
+    );
+  }
+  lines.push("", f.notes.join("\n"));
+  for (const v of f.verdicts) verdicts.push(v);
+  return lines.join("\n");
+}
+
+export function renderReport(
+  results: BenchResults,
+): { markdown: string; charts: Record<string, string> } {
+  const { env } = results;
+  const verdicts: Verdict[] = [];
+  const charts: Record<string, string> = {};
+  const sections: string[] = [];
+
+  if (results.requestCost) {
+    sections.push("## 1. Request cost\n", requestCostSection(results.requestCost, verdicts));
+    const concurrencies = [...new Set(results.requestCost.cells.map((c) => c.concurrency))];
+    charts["request-cost.svg"] = barChart(
+      "Requests per second through the local stack (median, whiskers min–max)",
+      "requests / s",
+      concurrencies.map((concurrency) => ({
+        label: `concurrency ${concurrency}`,
+        bars: results.requestCost!.cells.filter((c) => c.concurrency === concurrency).map((c) => ({
+          series: c.endpoint,
+          median: c.perSecond.median,
+          min: c.perSecond.min,
+          max: c.perSecond.max,
+        })),
+      })),
+    );
+    sections.push("\n![requests per second](request-cost.svg)\n");
+  }
+  if (results.failover) {
+    sections.push("## 2. Failover\n", failoverSection(results.failover, verdicts));
+  } else {
+    sections.push("## 2. Failover\n", "Not run in this mode.");
+  }
+  if (results.sqlScale) {
+    sections.push(
+      "\n## 3. SQL at scale (1,000 live servers)\n",
+      sqlSection(results.sqlScale, verdicts),
+    );
+    const r = results.sqlScale.results;
+    if (r.length > 0) {
+      charts["sql-scale.svg"] = logLogChart(
+        "SQL at scale: median wall time per call",
+        "devices in the table",
+        "ms",
+        [
+          {
+            series: "maintenance, idle",
+            points: r.map((x) => ({ x: x.devices, y: x.idleMs.median })),
+          },
+          {
+            series: "maintenance, 1% orphaned",
+            points: r.map((x) => ({ x: x.devices, y: x.orphanMs.median })),
+          },
+          {
+            series: "reassign ≤10k orphans",
+            points: r.map((x) => ({ x: x.devices, y: x.bulkMs.median })),
+          },
+          {
+            series: "assignment_health()",
+            points: r.map((x) => ({ x: x.devices, y: x.healthMs.median })),
+          },
+        ],
+        { y: 50, label: "50 ms idle target" },
+      );
+      sections.push("\n![SQL at scale](sql-scale.svg)\n");
+    }
+  }
+  if (results.requestCost) {
+    sections.push("\n## 4. Function footprint\n", footprintSection(results.requestCost));
+  }
+
+  const head = [
+    "# Benchmarks: request cost, failover, SQL at scale, footprint",
+    "",
+    `Generated by \`bench/run.ts${
+      env.mode === "quick" ? " --quick" : ""
+    }\` on ${env.date} (${env.mode} mode, ${
+      fmt(env.durationSeconds)
+    } s), commit ${env.commit}. Every figure is a median with its spread (min–max over the runs, n given); the machine is shared with other engineers' tests, so compare ratios taken in the same run.`,
+    "",
+    "## Machine and versions",
+    "",
+    `- CPU: ${env.cpu}, ${env.cores} cores; memory ${fmt(env.memoryGiB)} GiB; ${env.kernel}`,
+    `- Load average before / after: ${env.loadBefore} / ${env.loadAfter}`,
+    `- Deno ${env.deno}; ${env.postgres}; Supabase CLI ${env.supabaseCli}`,
+    `- Packages: ${Object.entries(env.packages).map(([k, v]) => `${k} ${v}`).join(", ")}`,
+    "",
+    "## Targets",
+    "",
+    "| target | measured | verdict |",
+    "|---|---|---|",
+    ...verdicts.map((v) => `| ${v.target} | ${v.measured} | ${mark(v.met)} |`),
+    "",
+  ];
+  const tail = [
+    "",
+    "## Appendix: plans of the hot statements",
+    "",
+    results.sqlScale ? plansSection(results.sqlScale.plans) : "Not captured.",
+  ];
+  return { markdown: [...head, ...sections, ...tail].join("\n") + "\n", charts };
+}

@@ -1,0 +1,445 @@
+/**
+ * SQL at scale: the maintenance pass, claims, bulk reassignment and the health
+ * call against 10k / 100k / 1M devices on 1,000 live servers, in a database of
+ * its own (bench_scale). Data is generated set-based; every scenario that
+ * changes devices either runs in a transaction that is rolled back or is
+ * restored afterwards, so each repetition sees the same table.
+ */
+import { connect, createBenchDatabase, dropBenchDatabase, type Sql } from "./lib/pg.ts";
+import { summarize, type Summary } from "./lib/stats.ts";
+
+export const LIVE_SERVERS = 1000;
+const DEAD_SERVERS = 20;
+const BULK_ORPHANS = 10_000;
+const CLAIMERS = 8;
+const CLAIM_BATCH = 100;
+
+export interface ScaleReps {
+  idle: number;
+  orphan: number;
+  bulk: number;
+  claim: number;
+  health: number;
+}
+
+export interface ScaleOptions {
+  sizes: number[];
+  reps: ScaleReps;
+  /** Capture EXPLAIN (ANALYZE, BUFFERS) of the hot statements at the largest size. */
+  explain: boolean;
+  log: (line: string) => void;
+  database?: string;
+}
+
+export interface ClaimRun {
+  claimed: number;
+  seconds: number;
+  perSecond: number;
+  duplicates: number;
+  leftOrphaned: number;
+  calls: number;
+}
+
+export interface ScaleResult {
+  devices: number;
+  connecting: number;
+  generateSeconds: number;
+  idleMs: Summary;
+  idleReportedMs: Summary;
+  idleNotIdle: number;
+  orphanCount: number;
+  orphanMs: Summary;
+  orphanMoved: number;
+  bulkCount: number;
+  bulkMs: Summary;
+  bulkMoved: number;
+  claims: ClaimRun[];
+  claimsPerSecond: Summary;
+  healthMs: Summary;
+}
+
+export interface Plan {
+  scenario: string;
+  durationMs: number;
+  text: string;
+}
+
+export interface ScaleReport {
+  results: ScaleResult[];
+  plans: Plan[];
+}
+
+const uuidOf = (kind: string, i: string) => `md5('${kind}' || ${i})::uuid`;
+
+async function createFleet(sql: Sql): Promise<void> {
+  await sql.unsafe(`
+    insert into public.backend_servers
+      (id, server_name, is_active, is_healthy, current_load, max_capacity, last_health_ping)
+    select ${
+    uuidOf("server", "i")
+  }, 'bench-live-' || lpad(i::text, 4, '0'), true, true, 0, 1000, now()
+    from generate_series(0, ${LIVE_SERVERS - 1}) i;
+    -- Servers that stopped heartbeating an hour ago: where orphans come from.
+    insert into public.backend_servers
+      (id, server_name, is_active, is_healthy, current_load, max_capacity, last_health_ping)
+    select ${uuidOf("dead", "i")}, 'bench-dead-' || lpad(i::text, 2, '0'), false, true, 0, 1000,
+           now() - interval '1 hour'
+    from generate_series(0, ${DEAD_SERVERS - 1}) i;
+    create table public.bench_orphan_pool (id uuid primary key);
+  `);
+}
+
+/**
+ * Replaces the devices with `n` new ones: ~60% connected, ~38% disconnected,
+ * 1% connecting with a fresh QR on a live server, 1% qr_timeout or error.
+ */
+async function generateDevices(sql: Sql, n: number): Promise<number> {
+  const started = performance.now();
+  const users = Math.max(100, Math.floor(n / 10));
+  await sql.unsafe(`
+    truncate public.device_assignment_events, public.devices, public.bench_orphan_pool;
+    insert into auth.users (id, aud, role, email, created_at, updated_at)
+    select ${uuidOf("user", "i")}, 'authenticated', 'authenticated',
+           'bench-' || i || '@example.test', now(), now()
+    from generate_series(0, ${users - 1}) i
+    on conflict do nothing;
+    insert into public.devices
+      (id, user_id, device_name, status, qr_code, qr_updated_at, qr_expires_at,
+       assigned_server_id, assignment_epoch, assigned_at, connecting_since, created_at, updated_at)
+    select ${uuidOf("device", "g")},
+           ${uuidOf("user", `(g % ${users})`)},
+           'bench device ' || g,
+           s.status,
+           case when s.status = 'connecting' then 'bench-qr-' || g end,
+           case when s.status = 'connecting' then now() - interval '5 seconds' end,
+           case when s.status = 'connecting' then now() + interval '1 hour' end,
+           case when s.status in ('connecting', 'connected') then ${
+    uuidOf("server", "s.server")
+  } end,
+           1,
+           case when s.status = 'connecting' then now() - interval '30 seconds'
+                when s.status = 'connected' then now() - interval '1 day' end,
+           case when s.status = 'connecting' then now() - interval '30 seconds' end,
+           now() - interval '30 days',
+           now() - interval '1 day'
+    from (
+      select g,
+             abs(hashint4(g # 12345)) % ${LIVE_SERVERS} as server,
+             case when r < 10 then 'connecting'
+                  when r < 610 then 'connected'
+                  when r < 990 then 'disconnected'
+                  when r < 995 then 'qr_timeout'
+                  else 'error' end as status
+      from (select g, abs(hashint4(g)) % 1000 as r from generate_series(0, ${n - 1}) g) x
+    ) s;
+    insert into public.bench_orphan_pool
+    select id from public.devices where status = 'disconnected'
+    order by hashtext(id::text) limit ${BULK_ORPHANS};
+  `);
+  await recomputeLoads(sql);
+  await sql.unsafe(
+    `vacuum analyze public.devices, public.backend_servers, public.assignment_settings, auth.users`,
+  );
+  return (performance.now() - started) / 1000;
+}
+
+async function recomputeLoads(sql: Sql): Promise<void> {
+  await sql.unsafe(`
+    update public.backend_servers s
+       set current_load = coalesce(c.n, 0),
+           max_capacity = greatest(1000, coalesce(c.n, 0) + 1000)
+      from public.backend_servers s2
+      left join (select assigned_server_id, count(*)::integer as n
+                   from public.devices
+                  where status in ('connecting', 'connected')
+                  group by assigned_server_id) c on c.assigned_server_id = s2.id
+     where s.id = s2.id
+  `);
+}
+
+/** What live workers do all the time: heartbeat, and rotate their QRs. */
+async function freshen(sql: Sql): Promise<void> {
+  await sql.unsafe(`
+    update public.backend_servers set last_health_ping = now(), is_active = true
+     where server_name like 'bench-live-%';
+    update public.devices set qr_updated_at = now(), qr_expires_at = now() + interval '1 hour'
+     where status = 'connecting' and assigned_server_id is not null
+       and qr_updated_at < now() - interval '15 seconds';
+  `);
+}
+
+/** Turns `k` pool devices into orphans of dead servers (inside the caller's transaction). */
+function orphanPoolSql(k: number): string {
+  return `
+    update public.devices d
+       set status = 'connecting',
+           assigned_server_id = md5('dead' || (abs(hashtext(d.id::text)) % ${DEAD_SERVERS}))::uuid,
+           assigned_at = now() - interval '2 minutes',
+           connecting_since = now() - interval '2 minutes',
+           qr_code = null, qr_updated_at = null, qr_expires_at = null,
+           last_reassigned_at = null, reassign_count = 0
+     where d.id in (select id from public.bench_orphan_pool order by id limit ${k})`;
+}
+
+async function timed<T>(fn: () => Promise<T>): Promise<[number, T]> {
+  const started = performance.now();
+  const value = await fn();
+  return [performance.now() - started, value];
+}
+
+/** Runs `fn` in a transaction on one connection, then rolls it back. */
+async function rolledBack<T>(sql: Sql, fn: (tx: Sql) => Promise<T>): Promise<T> {
+  const tx = await sql.reserve();
+  try {
+    await tx`begin`;
+    return await fn(tx as unknown as Sql);
+  } finally {
+    await tx`rollback`.catch(() => {});
+    tx.release();
+  }
+}
+
+type MaintenanceResult = Record<string, number | boolean>;
+
+async function maintenance(sql: Sql): Promise<MaintenanceResult> {
+  const [row] = await sql`select public.run_assignment_maintenance() as r`;
+  return row.r as MaintenanceResult;
+}
+
+function needsWork(r: MaintenanceResult): number {
+  return ["servers_marked_inactive", "orphaned_reassigned", "stale_reassigned", "left_unassigned"]
+    .reduce((sum, key) => sum + Number(r[key] ?? 0), 0);
+}
+
+async function measureIdle(sql: Sql, reps: number) {
+  await freshen(sql);
+  for (let i = 0; i < 2; i++) await maintenance(sql); // warm caches and plans
+  const wall: number[] = [];
+  const reported: number[] = [];
+  let notIdle = 0;
+  for (let i = 0; i < reps; i++) {
+    const [ms, r] = await timed(() => maintenance(sql));
+    wall.push(ms);
+    reported.push(Number(r.duration_ms));
+    if (needsWork(r) > 0) notIdle++;
+  }
+  return { wall: summarize(wall), reported: summarize(reported), notIdle };
+}
+
+async function measureOrphaned(sql: Sql, k: number, reps: number) {
+  const wall: number[] = [];
+  let moved = 0;
+  for (let i = 0; i < reps; i++) {
+    await freshen(sql);
+    const [ms, r] = await rolledBack(sql, async (tx) => {
+      await tx.unsafe(orphanPoolSql(k));
+      return await timed(() => maintenance(tx));
+    });
+    wall.push(ms);
+    moved = Number(r.orphaned_reassigned);
+  }
+  return { wall: summarize(wall), moved };
+}
+
+async function measureBulk(sql: Sql, k: number, reps: number) {
+  const wall: number[] = [];
+  let moved = 0;
+  for (let i = 0; i < reps; i++) {
+    await freshen(sql);
+    const [ms, count] = await rolledBack(sql, async (tx) => {
+      await tx.unsafe(orphanPoolSql(k));
+      return await timed(async () => {
+        const [row] = await tx`select (public.reassign_devices('inactive') ->> 'count')::int as n`;
+        return row.n as number;
+      });
+    });
+    wall.push(ms);
+    moved = count;
+  }
+  return { wall: summarize(wall), moved };
+}
+
+/**
+ * 8 claimers, each a worker cycling through its own servers, take the pool of
+ * unassigned connecting devices in batches of 100 until none is left. Every
+ * device must be handed out exactly once.
+ */
+async function claimRun(url: string, sql: Sql, k: number): Promise<ClaimRun> {
+  await sql.unsafe(`
+    truncate public.device_assignment_events;
+    update public.devices d
+       set status = 'connecting', assigned_server_id = null, assigned_at = null,
+           connecting_since = now(), qr_code = null, qr_updated_at = null, qr_expires_at = null
+     where d.id in (select id from public.bench_orphan_pool order by id limit ${k});
+  `);
+  await freshen(sql);
+  const servers = (await sql`
+    select id from public.backend_servers where server_name like 'bench-live-%' order by server_name
+  `).map((r) => r.id as string);
+  const pool = connect(url, CLAIMERS);
+  const claimedIds: string[] = [];
+  let calls = 0;
+  try {
+    const conns = await Promise.all(Array.from({ length: CLAIMERS }, () => pool.reserve()));
+    const started = performance.now();
+    await Promise.all(conns.map(async (conn, claimer) => {
+      const mine = servers.filter((_, i) => i % CLAIMERS === claimer);
+      for (const server of mine) {
+        const rows = await conn`
+          select device_id from public.claim_devices(${server}::uuid, ${CLAIM_BATCH}) where claimed`;
+        calls++;
+        if (rows.length === 0) break;
+        for (const row of rows) claimedIds.push(row.device_id as string);
+      }
+    }));
+    const seconds = (performance.now() - started) / 1000;
+    for (const conn of conns) conn.release();
+    const [left] = await sql`select count(*)::int as n from device_assignment.orphaned_devices`;
+    const [audit] = await sql`
+      select count(*)::int as n from (
+        select device_id from public.device_assignment_events where reason = 'claimed'
+        group by device_id having count(*) > 1) t`;
+    return {
+      claimed: claimedIds.length,
+      seconds,
+      perSecond: claimedIds.length / seconds,
+      duplicates: claimedIds.length - new Set(claimedIds).size + Number(audit.n),
+      leftOrphaned: Number(left.n),
+      calls,
+    };
+  } finally {
+    await pool.end();
+    await sql.unsafe(`
+      update public.devices d
+         set status = 'disconnected', assigned_server_id = null, assigned_at = null,
+             connecting_since = null, assignment_epoch = 1
+       where d.id in (select id from public.bench_orphan_pool);
+      truncate public.device_assignment_events;
+    `);
+    await recomputeLoads(sql);
+  }
+}
+
+async function measureHealth(sql: Sql, reps: number) {
+  await sql`select public.assignment_health()`;
+  const wall: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const [ms] = await timed(() => sql`select public.assignment_health()`);
+    wall.push(ms);
+  }
+  return summarize(wall);
+}
+
+/**
+ * auto_explain, with its output sent to this client as notices, shows the
+ * plans of the statements inside the SQL functions exactly as they run there.
+ */
+async function capturePlans(url: string, sql: Sql, k: number): Promise<Plan[]> {
+  const plans: Plan[] = [];
+  let scenario = "";
+  const conn = connect(url, 1, (notice) => {
+    const message = String(notice.message ?? "");
+    const match = /^duration: ([0-9.]+) ms\s+plan:\n([\s\S]*)$/.exec(message);
+    if (match) plans.push({ scenario, durationMs: Number(match[1]), text: match[2] });
+  });
+  try {
+    await conn.unsafe(`
+      load 'auto_explain';
+      set auto_explain.log_min_duration = 0;
+      set auto_explain.log_analyze = on;
+      set auto_explain.log_buffers = on;
+      set auto_explain.log_nested_statements = on;
+      set client_min_messages = log;
+    `);
+    await freshen(sql);
+    scenario = "maintenance, nothing to do";
+    await conn`select public.run_assignment_maintenance()`;
+    scenario = "maintenance, 1% orphaned";
+    await rolledBack(conn, async (tx) => {
+      await tx.unsafe(`set local client_min_messages = warning; ${orphanPoolSql(k)}`);
+      await tx.unsafe(`set local client_min_messages = log`);
+      await tx`select public.run_assignment_maintenance()`;
+    });
+    scenario = "claim_devices, 100 of the pool";
+    await rolledBack(conn, async (tx) => {
+      await tx.unsafe(`set local client_min_messages = warning;
+        update public.devices d set status = 'connecting', assigned_server_id = null,
+               connecting_since = now(), qr_code = null, qr_expires_at = null
+         where d.id in (select id from public.bench_orphan_pool order by id limit ${k})`);
+      await tx.unsafe(`set local client_min_messages = log`);
+      await tx`select count(*) from public.claim_devices(md5('server' || 7)::uuid, ${CLAIM_BATCH})`;
+    });
+  } finally {
+    await conn.end();
+  }
+  return plans;
+}
+
+export async function runSqlScale(options: ScaleOptions): Promise<ScaleReport> {
+  const name = options.database ?? "bench_scale";
+  const url = await createBenchDatabase(name);
+  const sql = connect(url, 1);
+  const results: ScaleResult[] = [];
+  let plans: Plan[] = [];
+  try {
+    await sql.unsafe(`set jit = off`);
+    await createFleet(sql);
+    for (const n of options.sizes) {
+      options.log(`sql: generating ${n.toLocaleString("en-US")} devices`);
+      const generateSeconds = await generateDevices(sql, n);
+      const [{ connecting, pool }] = await sql`
+        select (select count(*)::int from public.devices where status = 'connecting') as connecting,
+               (select count(*)::int from public.bench_orphan_pool) as pool`;
+      const orphanCount = Math.min(Math.floor(n / 100), pool);
+      const bulkCount = Math.min(BULK_ORPHANS, pool);
+
+      options.log(`sql ${n}: idle maintenance`);
+      const idle = await measureIdle(sql, options.reps.idle);
+      options.log(`sql ${n}: maintenance with ${orphanCount} orphans`);
+      const orphan = await measureOrphaned(sql, orphanCount, options.reps.orphan);
+      options.log(`sql ${n}: reassign_devices('inactive') of ${bulkCount}`);
+      const bulk = await measureBulk(sql, bulkCount, options.reps.bulk);
+      options.log(`sql ${n}: claims, ${CLAIMERS} claimers`);
+      const claims: ClaimRun[] = [];
+      for (let i = 0; i < options.reps.claim; i++) claims.push(await claimRun(url, sql, bulkCount));
+      options.log(`sql ${n}: assignment_health()`);
+      const health = await measureHealth(sql, options.reps.health);
+      if (options.explain && n === Math.max(...options.sizes)) {
+        options.log(`sql ${n}: plans`);
+        plans = await capturePlans(url, sql, orphanCount);
+      }
+      results.push({
+        devices: n,
+        connecting: Number(connecting),
+        generateSeconds,
+        idleMs: idle.wall,
+        idleReportedMs: idle.reported,
+        idleNotIdle: idle.notIdle,
+        orphanCount,
+        orphanMs: orphan.wall,
+        orphanMoved: orphan.moved,
+        bulkCount,
+        bulkMs: bulk.wall,
+        bulkMoved: bulk.moved,
+        claims,
+        claimsPerSecond: summarize(claims.map((c) => c.perSecond)),
+        healthMs: health,
+      });
+    }
+  } finally {
+    await sql.end();
+    await dropBenchDatabase(name);
+  }
+  return { results, plans };
+}
+
+if (import.meta.main) {
+  const sizes = Deno.args.length > 0 ? Deno.args.map(Number) : [10_000];
+  const report = await runSqlScale({
+    sizes,
+    reps: { idle: 7, orphan: 3, bulk: 3, claim: 2, health: 3 },
+    explain: true,
+    log: (line) => console.error(line),
+  });
+  console.log(JSON.stringify(report, null, 2));
+}
