@@ -84,9 +84,9 @@ tap "pgTAP legacy upgrade" -h 127.0.0.1 -p "$DB_PORT" -U postgres -d legacy_upgr
 if [ -x local/gateway.sh ]; then
   gate "local gateway starts" local/gateway.sh start
 fi
-# Every suite below reads the stack from the environment, as against a real
-# `supabase start`: the URL and keys the gateway wrote to .env.local.
-if [ -f .env.local ]; then set -a; . ./.env.local; set +a; fi
+# The suites find the local stack through tests/e2e/harness.ts (which honours
+# GATEWAY_PORT); direct database suites read SUPABASE_DB_URL.
+export SUPABASE_DB_URL="${SUPABASE_DB_URL:-$(local/db.sh url)}"
 gate "deno fmt --check" deno fmt --check
 gate "deno lint" deno lint
 deno_suite "deno tests" -A --no-check=remote tests/

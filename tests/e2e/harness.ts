@@ -113,7 +113,7 @@ function fromEnv(values: Record<string, string | undefined>): Stack {
 }
 
 async function startLocalStack(): Promise<Stack> {
-  const url = "http://127.0.0.1:54321";
+  const url = `http://127.0.0.1:${Deno.env.get("GATEWAY_PORT") ?? "54321"}`;
   await run("local/db.sh", "start");
   if (!(await healthy(url))) {
     try {
