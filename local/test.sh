@@ -93,5 +93,6 @@ deno_suite "deno tests" -A --no-check=remote tests/
 
 echo
 if [ "${#failures[@]}" -gt 0 ]; then printf 'failed: %s\n' "${failures[@]}"; fi
+echo "took ${SECONDS}s"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
