@@ -56,6 +56,20 @@ begin
     else
       select array_agg(d.id) into v_ids from public.devices d where d.status = 'connecting';
     end if;
+    if not v_dry_run and v_ids is not null then
+      -- Lock, skipping devices a claim or a healer holds, then re-select in a
+      -- fresh snapshot: a device claimed meanwhile is no longer ours to move.
+      select array_agg(l.id) into v_ids
+      from (select d.id from public.devices d where d.id = any(v_ids)
+            order by d.id for update skip locked) l;
+      if p_scope = 'inactive' then
+        select array_agg(o.id) into v_ids
+        from device_assignment.orphaned_devices o where o.id = any(v_ids);
+      else
+        select array_agg(d.id) into v_ids
+        from public.devices d where d.id = any(v_ids) and d.status = 'connecting';
+      end if;
+    end if;
     if v_ids is not null and not exists (select from device_assignment.live_servers) then
       perform device_assignment.raise_api_error('no_active_servers', 503,
         jsonb_build_object('retry_after_ms', 5000, 'devices_waiting', cardinality(v_ids)));
