@@ -33,6 +33,8 @@ export interface BenchResults {
 }
 
 interface Verdict {
+  /** Which explanation in `missNotes` applies when the target is missed. */
+  key?: string;
   target: string;
   measured: string;
   met: boolean | null;
@@ -100,6 +102,7 @@ function requestCostSection(r: RequestCostReport, verdicts: Verdict[]): string {
   if (json16 && floor16) {
     const ratio = floor16.perSecond.median / json16.perSecond.median;
     verdicts.push({
+      key: "cost",
       target: "get-device-qr (json) ≤ 1.3× the floor at concurrency 16",
       measured: `${fmt(ratio)}× (${fmt(json16.perSecond.median)} vs ${
         fmt(floor16.perSecond.median)
@@ -111,6 +114,7 @@ function requestCostSection(r: RequestCostReport, verdicts: Verdict[]): string {
   if (png16 && floor16) {
     const ratio = floor16.perSecond.median / png16.perSecond.median;
     verdicts.push({
+      key: "cost",
       target: "get-device-qr (png, cached) ≤ 1.3× the floor at concurrency 16",
       measured: `${fmt(ratio)}× (${fmt(png16.perSecond.median)} vs ${
         fmt(floor16.perSecond.median)
@@ -195,6 +199,7 @@ function sqlSection(r: ScaleReport, verdicts: Verdict[]): string {
       const growth = largest.idleMs.median / smallest.idleMs.median;
       const tableGrowth = largest.devices / smallest.devices;
       verdicts.push({
+        key: "idle-growth",
         target: "idle cost grows with the devices that need work, not with the table",
         measured: `idle ×${fmt(growth)} for a table ×${
           fmt(tableGrowth)
@@ -206,6 +211,7 @@ function sqlSection(r: ScaleReport, verdicts: Verdict[]): string {
     }
     const claims = largest.claimsPerSecond.median;
     verdicts.push({
+      key: "claims",
       target: `≥ 10,000 claims/s with 8 claimers (${
         largest.devices.toLocaleString("en-US")
       } devices)`,
@@ -222,6 +228,7 @@ function sqlSection(r: ScaleReport, verdicts: Verdict[]): string {
       met: r.results.every((x) => x.claims.every((c) => c.duplicates === 0)),
     });
     verdicts.push({
+      key: "bulk",
       target: `10,000 reassignments < 1 s (${largest.devices.toLocaleString("en-US")} devices)`,
       measured: `${ms(largest.bulkMs)} for ${largest.bulkMoved.toLocaleString("en-US")}`,
       met: largest.bulkMoved >= 10_000 ? largest.bulkMs.median < 1000 : null,
@@ -275,6 +282,88 @@ function plansSection(plans: Plan[]): string {
       "",
     );
   }
+  return out.join("\n");
+}
+
+/** Per-request cost in µs of CPU-bound throughput: on a saturated machine, 1 / (req/s). */
+function usPerRequest(c: CostCell | undefined): number {
+  return c ? 1e6 / c.perSecond.median : NaN;
+}
+
+/** Causes and fixes, for each missed target; the figures come from this run. */
+function missNotes(results: BenchResults, verdicts: Verdict[]): string {
+  const missed = new Set(verdicts.filter((v) => v.met === false).map((v) => v.key));
+  const out: string[] = [];
+  const rc = results.requestCost;
+  if (missed.has("cost") && rc) {
+    const at = (e: Endpoint) => rc.cells.find((c) => c.endpoint === e && c.concurrency === 16);
+    const fnExtra = usPerRequest(at("json")) - usPerRequest(at("floor"));
+    const sqlExtra = usPerRequest(at("rest-qr")) - usPerRequest(at("rest-floor"));
+    const stmts = (e: Endpoint) => rc.statements.find((s) => s.endpoint === e)?.rpcMeanMs ?? NaN;
+    out.push(
+      "### Request cost above 1.3× the floor",
+      "",
+      `At concurrency 16 the machine is saturated, so 1 / throughput is the CPU cost of a request on this box: floor ${
+        fmt(usPerRequest(at("floor")))
+      } µs, get-device-qr json ${fmt(usPerRequest(at("json")))} µs (+${
+        fmt(fnExtra)
+      } µs). The same difference measured without the function layer (direct RPC: get_device_qr ${
+        fmt(usPerRequest(at("rest-qr")))
+      } µs vs bench_floor ${fmt(usPerRequest(at("rest-floor")))} µs) is +${
+        fmt(sqlExtra)
+      } µs, i.e. ${
+        fmt((sqlExtra / fnExtra) * 100)
+      }% of the extra cost is the SQL call and its result (pg_stat_statements mean execution ${
+        fmt(stmts("json"))
+      } ms vs ${
+        fmt(stmts("floor"))
+      } ms), the rest is the handler (zod on input and output, the PNG data URL in JSON, the long-poll plumbing).`,
+      "",
+      "What would close it: in `device_assignment.get_device_qr` the common case (a connecting device with a fresh QR, or a connected one) needs no healing; `qr_state` and `is_qr_fresh` are `language sql` functions with `set search_path`, which PostgreSQL never inlines, so each call runs its own executor, and `qr_state` looks the server up in a subquery. Inlining them (drop the `SET` on these two non-security-definer helpers, whose bodies are fully schema-qualified) or building the answer in one statement that joins the server cuts most of that; on the function side, validating the RPC answer with a hand-written type guard instead of zod and caching the data URL string (not only the PNG bytes) per QR value trims the rest.",
+      "",
+    );
+  }
+  const scale = results.sqlScale?.results ?? [];
+  const largest = scale[scale.length - 1];
+  if (missed.has("claims") && largest) {
+    out.push(
+      "### Claims below 10,000/s",
+      "",
+      `Cause (plan \"claim_devices, 100 of the pool\" in the appendix): claim_devices locks its batch with \`select o.id from device_assignment.orphaned_devices o order by o.connecting_since nulls first, o.id limit v_room for update skip locked\`. \`orphaned_devices\` is an anti-join of every connecting device against \`live_servers\`, so every call reads all connecting devices (${
+        (largest.connecting + largest.bulkCount).toLocaleString("en-US")
+      } at ${
+        largest.devices.toLocaleString("en-US")
+      } devices during the claim run) through \`devices_connecting_by_last_progress\` and sorts every remaining orphan to keep 100. A call costs O(connecting devices), the pool drains in ${
+        largest.claims[0]?.calls ?? "?"
+      } calls, and 8 claimers share 2 cores.`,
+      "",
+      "Fix ([bench/fixtures/proposed_fix.sql](../fixtures/proposed_fix.sql), for the migrations' owner): (1) a queue index `create index devices_connecting_unassigned_queue on public.devices (connecting_since nulls first, id) where status = 'connecting' and assigned_server_id is null;` (2) in `claim_devices`, lock from it first — `select d.id from public.devices d where d.status = 'connecting' and d.assigned_server_id is null order by d.connecting_since nulls first, d.id limit v_room for update of d skip locked` — then, if room is left, devices of servers that are not live — `select d.id from public.backend_servers s join public.devices d on d.assigned_server_id = s.id and d.status = 'connecting' where not exists (select from device_assignment.live_servers l where l.id = s.id) order by d.connecting_since nulls first, d.id limit <rest> for update of d skip locked`; the decide step after it stays as it is. Each call then reads about 100 index entries. Measured before/after on a scratch copy: [proposed-fix.md](proposed-fix.md).",
+      "",
+    );
+  }
+  if (missed.has("idle-growth") && largest) {
+    out.push(
+      "### Idle maintenance grows with the table",
+      "",
+      `The idle pass is well under its 50 ms budget (${fmt(largest.idleMs.median)} ms at ${
+        largest.devices.toLocaleString("en-US")
+      } devices), but its candidate query (\`orphaned_devices union stale_devices\`, plan \"maintenance, nothing to do\") reads every connecting device (${
+        largest.connecting.toLocaleString("en-US")
+      }, 1% of the table) to find that none is orphaned: the anti-join against live servers has no index that yields only devices of dead servers. At a fixed mix that is linear in the table. The stale half is fine: it range-scans \`devices_connecting_by_last_progress\` and reads only devices whose last progress is older than the grace period.`,
+      "",
+      "Fix (same file): define `device_assignment.orphaned_devices` as `select d.* from devices d where d.status = 'connecting' and d.assigned_server_id is null union all select d.* from backend_servers s join devices d on d.assigned_server_id = s.id and d.status = 'connecting' where not exists (select from device_assignment.live_servers l where l.id = s.id)`: the first half uses the queue index, the second walks the servers (1,020 rows) and `devices_connecting_by_server` for the dead ones only, so an idle pass reads no device. Prerequisite: no dangling `assigned_server_id` — the schema migration adds the foreign key NOT VALID for legacy rows; null references to missing servers there (maintenance would orphan-heal them anyway) and `validate constraint`, so \"server null or not live\" is exactly the two halves. `claim_devices` cannot lock through a UNION view, hence its two explicit lock statements above.",
+      "",
+    );
+  }
+  if (missed.has("bulk") && largest) {
+    out.push(
+      "### Bulk reassignment over 1 s",
+      "",
+      "Cause: `assign_devices` locks with `where d.id = any(p_device_ids) ... for update skip locked`; with 10,000 ids the planner prefers a sequential scan of the whole table (random_page_cost 4 on this cluster), and `heal_devices` calls the non-inlinable `cooldown_remaining()` once per candidate. Fix: join `unnest(p_device_ids)` to the primary key, and compare `last_reassigned_at` with the cooldown in the statement (or drop the `SET` on that helper so it inlines).",
+      "",
+    );
+  }
+  if (out.length === 0) return "Every target measured in this run was met.";
   return out.join("\n");
 }
 
@@ -392,6 +481,10 @@ export function renderReport(
     "",
   ];
   const tail = [
+    "",
+    "## Missed targets: causes and fixes",
+    "",
+    missNotes(results, verdicts),
     "",
     "## Appendix: plans of the hot statements",
     "",

@@ -71,7 +71,7 @@ export interface ScaleReport {
 
 const uuidOf = (kind: string, i: string) => `md5('${kind}' || ${i})::uuid`;
 
-async function createFleet(sql: Sql): Promise<void> {
+export async function createFleet(sql: Sql): Promise<void> {
   await sql.unsafe(`
     insert into public.backend_servers
       (id, server_name, is_active, is_healthy, current_load, max_capacity, last_health_ping)
@@ -93,7 +93,7 @@ async function createFleet(sql: Sql): Promise<void> {
  * Replaces the devices with `n` new ones: ~60% connected, ~38% disconnected,
  * 1% connecting with a fresh QR on a live server, 1% qr_timeout or error.
  */
-async function generateDevices(sql: Sql, n: number): Promise<number> {
+export async function generateDevices(sql: Sql, n: number): Promise<number> {
   const started = performance.now();
   const users = Math.max(100, Math.floor(n / 10));
   await sql.unsafe(`
@@ -158,7 +158,7 @@ async function recomputeLoads(sql: Sql): Promise<void> {
 }
 
 /** What live workers do all the time: heartbeat, and rotate their QRs. */
-async function freshen(sql: Sql): Promise<void> {
+export async function freshen(sql: Sql): Promise<void> {
   await sql.unsafe(`
     update public.backend_servers set last_health_ping = now(), is_active = true
      where server_name like 'bench-live-%';
@@ -169,7 +169,7 @@ async function freshen(sql: Sql): Promise<void> {
 }
 
 /** Turns `k` pool devices into orphans of dead servers (inside the caller's transaction). */
-function orphanPoolSql(k: number): string {
+export function orphanPoolSql(k: number): string {
   return `
     update public.devices d
        set status = 'connecting',
@@ -188,7 +188,7 @@ async function timed<T>(fn: () => Promise<T>): Promise<[number, T]> {
 }
 
 /** Runs `fn` in a transaction on one connection, then rolls it back. */
-async function rolledBack<T>(sql: Sql, fn: (tx: Sql) => Promise<T>): Promise<T> {
+export async function rolledBack<T>(sql: Sql, fn: (tx: Sql) => Promise<T>): Promise<T> {
   const tx = await sql.reserve();
   try {
     await tx`begin`;
@@ -211,7 +211,7 @@ function needsWork(r: MaintenanceResult): number {
     .reduce((sum, key) => sum + Number(r[key] ?? 0), 0);
 }
 
-async function measureIdle(sql: Sql, reps: number) {
+export async function measureIdle(sql: Sql, reps: number) {
   await freshen(sql);
   for (let i = 0; i < 2; i++) await maintenance(sql); // warm caches and plans
   const wall: number[] = [];
@@ -226,7 +226,7 @@ async function measureIdle(sql: Sql, reps: number) {
   return { wall: summarize(wall), reported: summarize(reported), notIdle };
 }
 
-async function measureOrphaned(sql: Sql, k: number, reps: number) {
+export async function measureOrphaned(sql: Sql, k: number, reps: number) {
   const wall: number[] = [];
   let moved = 0;
   for (let i = 0; i < reps; i++) {
@@ -241,7 +241,7 @@ async function measureOrphaned(sql: Sql, k: number, reps: number) {
   return { wall: summarize(wall), moved };
 }
 
-async function measureBulk(sql: Sql, k: number, reps: number) {
+export async function measureBulk(sql: Sql, k: number, reps: number) {
   const wall: number[] = [];
   let moved = 0;
   for (let i = 0; i < reps; i++) {
@@ -264,7 +264,7 @@ async function measureBulk(sql: Sql, k: number, reps: number) {
  * unassigned connecting devices in batches of 100 until none is left. Every
  * device must be handed out exactly once.
  */
-async function claimRun(url: string, sql: Sql, k: number): Promise<ClaimRun> {
+export async function claimRun(url: string, sql: Sql, k: number): Promise<ClaimRun> {
   await sql.unsafe(`
     truncate public.device_assignment_events;
     update public.devices d
@@ -320,7 +320,7 @@ async function claimRun(url: string, sql: Sql, k: number): Promise<ClaimRun> {
   }
 }
 
-async function measureHealth(sql: Sql, reps: number) {
+export async function measureHealth(sql: Sql, reps: number) {
   await sql`select public.assignment_health()`;
   const wall: number[] = [];
   for (let i = 0; i < reps; i++) {

@@ -27,6 +27,25 @@ export const FUNCTIONS = {
   },
 };
 
+/** Gateways still running, stopped if the benchmark is interrupted (they do not die with it). */
+const running = new Set<Deno.ChildProcess>();
+let signalsInstalled = false;
+
+function stopOnSignals(): void {
+  if (signalsInstalled) return;
+  signalsInstalled = true;
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    Deno.addSignalListener(signal, () => {
+      for (const child of running) {
+        try {
+          child.kill("SIGTERM");
+        } catch { /* gone */ }
+      }
+      Deno.exit(130);
+    });
+  }
+}
+
 async function stateDir(): Promise<string> {
   const { stdout } = await new Deno.Command(`${REPO}/local/db.sh`, { args: ["state-dir"] })
     .output();
@@ -78,6 +97,8 @@ export async function startBenchGateway(dbUrl: string): Promise<BenchGateway> {
     stdout: "piped",
     stderr: "piped",
   }).spawn();
+  running.add(child);
+  stopOnSignals();
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
   let output = "";
   let url: string | null = null;
@@ -117,6 +138,7 @@ export async function startBenchGateway(dbUrl: string): Promise<BenchGateway> {
         child.kill("SIGTERM");
       } catch { /* gone */ }
       await child.status;
+      running.delete(child);
       await Promise.allSettled([drained, stderrDrained]);
       await Deno.remove(root, { recursive: true }).catch(() => {});
     },

@@ -7,7 +7,9 @@
 import postgres from "postgres";
 
 export const REPO = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
-const CLUSTER = "postgresql://postgres:postgres@127.0.0.1:54322";
+/** The local cluster; DB_PORT is honoured like local/db.sh does. */
+const PORT = Deno.env.get("DB_PORT") ?? "54322";
+const CLUSTER = `postgresql://postgres:postgres@127.0.0.1:${PORT}`;
 
 export function databaseUrl(name: string): string {
   return `${CLUSTER}/${name}`;
@@ -43,7 +45,7 @@ export async function createBenchDatabase(name: string): Promise<string> {
     "-h",
     "127.0.0.1",
     "-p",
-    "54322",
+    PORT,
     "-U",
     "postgres",
     "-d",
