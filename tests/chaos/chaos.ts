@@ -25,6 +25,11 @@
  *
  *   deno run -A tests/chaos/chaos.ts --seconds 120 [--workers 4] [--devices 30]
  *     [--users 4] [--seed 42] [--heartbeat-timeout 4] [--exclusive] [--inject-violations]
+ *     [--private] [--db-restart [--outage-seconds 5]]
+ *
+ * `--private` runs on a stack of its own (a copy of supabase/ and local/ on free
+ * ports, see private_stack.ts); `--db-restart` does too, and stops PostgreSQL
+ * for `--outage-seconds` halfway through.
  *     [--report test-results/chaos-report.md]
  *
  * Exits 1 when any invariant was violated, 2 when the run itself failed.
@@ -32,6 +37,7 @@
 import postgres from "postgres";
 import { closeStack, createUser, getStack, mintAccessToken, type Stack } from "../e2e/harness.ts";
 import { Fleet } from "../../worker/fleet.ts";
+import { type PrivateStack, startPrivateStack } from "./private_stack.ts";
 
 export interface ChaosOptions {
   seconds: number;
@@ -52,6 +58,16 @@ export interface ChaosOptions {
    * epoch that goes back), so the run must report violations.
    */
   injectViolations: boolean;
+  /**
+   * Restart PostgreSQL once, mid-run, for `outageSeconds`. Runs on a private
+   * stack (tests/chaos/private_stack.ts), never on the shared one.
+   */
+  dbRestart: boolean;
+  /** Run on a private stack even without a restart (implied by dbRestart). */
+  privateStack: boolean;
+  outageSeconds: number;
+  /** After the database is back, the functions must answer 200 again within this. */
+  recoveryBoundMs: number;
   reportPath: string;
   log: (line: string) => void;
 }
@@ -67,6 +83,10 @@ export const DEFAULTS: ChaosOptions = {
   orphanBoundMs: 0, // 0: derived from the poll interval (see boundFor)
   exclusive: false,
   injectViolations: false,
+  dbRestart: false,
+  privateStack: false,
+  outageSeconds: 5,
+  recoveryBoundMs: 15_000,
   reportPath: "test-results/chaos-report.md",
   log: (line) => console.error(line),
 };
@@ -77,6 +97,7 @@ export const INVARIANTS = {
   orphan_bound: "3. no device orphaned past the bound while a live server has room",
   rows_intact: "4. no device row lost or corrupted",
   api_answers: "5. every user request gets a contract status, never a 500",
+  outage: "5b. database down: 503 database_unavailable with Retry-After; recovers by itself",
 } as const;
 export type Invariant = keyof typeof INVARIANTS;
 
@@ -87,6 +108,11 @@ export interface ChaosResult {
   faults: Record<string, number>;
   requests: Record<string, Record<string, number>>;
   staleProbes: { attempted: number; fenced: number; other: Record<string, number> };
+  outage: {
+    downMs: number;
+    answersWhileDown: Record<string, number>;
+    recoveredAfterMs: number | null;
+  };
   reassignments: Record<string, number>;
   publishesAccepted: number;
   publishesFenced: number;
@@ -139,6 +165,7 @@ interface Answer {
   status: number;
   body: AnswerBody | null;
   text: string;
+  retryAfter?: string | null;
 }
 
 interface Owner {
@@ -154,12 +181,34 @@ interface Baseline {
 
 export async function runChaos(partial: Partial<ChaosOptions> = {}): Promise<ChaosResult> {
   const options: ChaosOptions = { ...DEFAULTS, ...partial };
+  const privateStack = options.dbRestart || options.privateStack
+    ? await startPrivateStack(options.log)
+    : null;
+  // Nothing else writes to a private stack: bulk reassignments may be real.
+  if (privateStack) options.exclusive = true;
+  try {
+    return await chaosOn(options, privateStack);
+  } finally {
+    await privateStack?.close();
+  }
+}
+
+async function chaosOn(
+  options: ChaosOptions,
+  privateStack: PrivateStack | null,
+): Promise<ChaosResult> {
   const log = options.log;
   const random = rng(options.seed);
   const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)];
   const between = (lo: number, hi: number) => lo + random() * (hi - lo);
 
+  if (privateStack) {
+    for (const [key, value] of Object.entries(privateStack.env)) Deno.env.set(key, value);
+  }
   const stack = await getStack();
+  if (privateStack && stack.url !== privateStack.env.SUPABASE_URL) {
+    throw new Error("--db-restart must run in a process that has not reached another stack yet");
+  }
   assertLoopback(stack);
   const db = postgres(stack.dbUrl, { max: 3, onnotice: () => {}, idle_timeout: 5 });
   const tag = `chaos-${crypto.randomUUID().slice(0, 8)}`;
@@ -169,6 +218,7 @@ export async function runChaos(partial: Partial<ChaosOptions> = {}): Promise<Cha
     orphan_bound: [],
     rows_intact: [],
     api_answers: [],
+    outage: [],
   };
   const violate = (invariant: Invariant, message: string) => {
     if (violations[invariant].length < 50) violations[invariant].push(message);
@@ -177,6 +227,11 @@ export async function runChaos(partial: Partial<ChaosOptions> = {}): Promise<Cha
   const faults: Record<string, number> = {};
   const requests: Record<string, Record<string, number>> = {};
   const staleProbes = { attempted: 0, fenced: 0, other: {} as Record<string, number> };
+  const outage = {
+    downMs: 0,
+    answersWhileDown: {} as Record<string, number>,
+    recoveredAfterMs: null as number | null,
+  };
   const count = (what: string, status: string) => bump(requests[what] ??= {}, status);
 
   // --- the world: users, their connecting devices, a fleet ------------------------------
@@ -392,7 +447,9 @@ export async function runChaos(partial: Partial<ChaosOptions> = {}): Promise<Cha
       if (roll < 0.35) body = { scope: "inactive" };
       else if (roll < 0.6) body = { scope: "all_connecting", dry_run: !options.exclusive };
       else body = { scope: "device", device_id: pick(allDeviceIds) };
-      const answer = await callFunction(stack, "reassign-device", stack.secretKey, body, true);
+      const answer = await callFunction(stack, "reassign-device", stack.secretKey, body, {
+        operator: true,
+      });
       const label = `${body.scope}${body.dry_run ? " (dry run)" : ""}`;
       bump(faults, `operator reassign ${label}`);
       count(`reassign-device (operator ${label})`, String(answer.status));
@@ -443,12 +500,78 @@ export async function runChaos(partial: Partial<ChaosOptions> = {}): Promise<Cha
       bump(faults, "self-check corruptions (expected violations)", 3);
     };
     let injected = !options.injectViolations;
+    let outageDone = false;
+
+    /**
+     * Stops PostgreSQL, probes the functions every 250 ms while it is down (each
+     * probe on its own, so one that hangs does not hide the others), starts it
+     * again and times the first 200.
+     */
+    const databaseOutage = async (target: PrivateStack) => {
+      const owner = owners[0];
+      const probe = () =>
+        callFunction(stack, "get-device-qr", owner.token, { device_id: owner.devices[0] }, {
+          timeoutMs: options.recoveryBoundMs,
+        });
+      await target.stopDatabase();
+      const downAt = Date.now();
+      bump(faults, "PostgreSQL stopped");
+      log(`database down for ${options.outageSeconds} s`);
+      const whileDown: Promise<void>[] = [];
+      while (Date.now() < downAt + options.outageSeconds * 1000) {
+        const sentAt = Date.now();
+        whileDown.push(
+          probe().then((answer) => {
+            const key = answer.status === 0
+              ? `no answer within ${options.recoveryBoundMs} ms`
+              : `${answer.status} ${answer.body?.error?.code ?? ""}`.trim();
+            bump(outage.answersWhileDown, key);
+            const ok = answer.status === 503 &&
+              answer.body?.error?.code === "database_unavailable" &&
+              Boolean(answer.retryAfter);
+            // A request sent just before the stop may still have been served.
+            if (!ok && !(answer.status === 200 && sentAt - downAt < 500)) {
+              violate(
+                "outage",
+                `get-device-qr sent ${sentAt - downAt} ms into the outage: ${key} ` +
+                  `after ${Date.now() - sentAt} ms ${answer.text.slice(0, 120)}`,
+              );
+            }
+          }),
+        );
+        await sleep(250);
+      }
+      await target.startDatabase();
+      const upAt = Date.now();
+      outage.downMs = upAt - downAt;
+      bump(faults, "PostgreSQL restarted");
+      const recovery: Promise<void>[] = [];
+      while (outage.recoveredAfterMs === null && Date.now() < upAt + options.recoveryBoundMs) {
+        recovery.push(
+          probe().then((answer) => {
+            if (answer.status === 200 && outage.recoveredAfterMs === null) {
+              outage.recoveredAfterMs = Date.now() - upAt;
+            }
+          }),
+        );
+        await sleep(250);
+      }
+      await Promise.all([...whileDown, ...recovery]);
+      if (outage.recoveredAfterMs === null) {
+        violate("outage", `no 200 within ${options.recoveryBoundMs} ms of the database's return`);
+      }
+    };
 
     const faultLoop = (async () => {
       while (Date.now() < deadline) {
         if (!injected && Date.now() > started + options.seconds * 500) {
           injected = true;
           await inject();
+        }
+        if (privateStack && !outageDone && Date.now() > started + options.seconds * 400) {
+          outageDone = true;
+          await databaseOutage(privateStack);
+          continue;
         }
         await sleep(between(500, 1_500));
         if (Date.now() >= deadline) break;
@@ -607,6 +730,7 @@ export async function runChaos(partial: Partial<ChaosOptions> = {}): Promise<Cha
     faults,
     requests,
     staleProbes,
+    outage,
     reassignments,
     publishesAccepted,
     publishesFenced,
@@ -641,7 +765,7 @@ async function callFunction(
   name: string,
   token: string,
   body: Record<string, unknown>,
-  operator = false,
+  { operator = false, timeoutMs = 30_000 }: { operator?: boolean; timeoutMs?: number } = {},
 ): Promise<Answer> {
   try {
     const response = await fetch(`${stack.url}/functions/v1/${name}`, {
@@ -652,14 +776,19 @@ async function callFunction(
         "content-type": "application/json",
       },
       body: JSON.stringify(body),
-      signal: AbortSignal.timeout(30_000),
+      signal: AbortSignal.timeout(timeoutMs),
     });
     const text = await response.text();
     let parsed: AnswerBody | null = null;
     try {
       parsed = JSON.parse(text);
     } catch { /* an image, or not JSON */ }
-    return { status: response.status, body: parsed, text };
+    return {
+      status: response.status,
+      body: parsed,
+      text,
+      retryAfter: response.headers.get("retry-after"),
+    };
   } catch (error) {
     return { status: 0, body: null, text: String(error) };
   }
@@ -707,6 +836,8 @@ export function renderReport(r: ChaosResult, orphanBoundMs: number): string {
     `heartbeat timeout ${r.options.heartbeatTimeoutS} s, worker poll ${r.options.workerPollMs} ms; ` +
     `orphan bound ${orphanBoundMs} ms; bulk all_connecting ${
       r.options.exclusive ? "real" : "dry run only (shared database)"
+    }; ${r.options.dbRestart || r.options.privateStack ? "private stack" : "shared stack"}${
+      r.options.dbRestart ? `, PostgreSQL stopped for ${r.options.outageSeconds} s` : ""
     }.`,
     "",
     "## Invariants",
@@ -728,6 +859,18 @@ export function renderReport(r: ChaosResult, orphanBoundMs: number): string {
     `${requestTotal} HTTP requests to the functions.`,
     "",
     table(requestRows, ["request", "statuses"]),
+    ...(r.options.dbRestart
+      ? [
+        "## Database outage",
+        "",
+        `- PostgreSQL down for ${r.outage.downMs} ms`,
+        `- get-device-qr while down: ${JSON.stringify(r.outage.answersWhileDown)}`,
+        `- first 200 after the database returned: ${
+          r.outage.recoveredAfterMs === null ? "never" : `${r.outage.recoveredAfterMs} ms`
+        }`,
+        "",
+      ]
+      : []),
     "## Fencing",
     "",
     `- worker publishes accepted: ${r.publishesAccepted}, fenced: ${r.publishesFenced}`,
@@ -761,11 +904,14 @@ function parseArgs(args: string[]): Partial<ChaosOptions> {
     "--heartbeat-timeout": "heartbeatTimeoutS",
     "--poll-ms": "workerPollMs",
     "--orphan-bound-ms": "orphanBoundMs",
+    "--outage-seconds": "outageSeconds",
   };
   for (let i = 0; i < args.length; i++) {
     const arg = args[i];
     if (arg === "--exclusive") options.exclusive = true;
     else if (arg === "--inject-violations") options.injectViolations = true;
+    else if (arg === "--db-restart") options.dbRestart = true;
+    else if (arg === "--private") options.privateStack = true;
     else if (arg === "--report") options.reportPath = args[++i];
     else if (numeric[arg]) {
       const value = Number(args[++i]);
