@@ -56,23 +56,39 @@ alter table public.devices
   add column if not exists created_at timestamptz not null default now(),
   add column if not exists updated_at timestamptz not null default now();
 
--- A legacy `assigned_server_id` may point at a server that no longer exists; the
--- foreign key is added NOT VALID so those rows stay as they are (maintenance
--- heals them) while every new write is checked.
+-- A legacy `assigned_server_id` may point at a server that no longer exists.
+-- Such a reference names nobody, so it is cleared: the device is then plainly
+-- unassigned and healed like any other. Every other value is kept as it is.
+-- This is what lets "orphaned" be found through indexes (see the rules).
+update public.devices d
+   set assigned_server_id = null
+ where d.assigned_server_id is not null
+   and not exists (select from public.backend_servers s where s.id = d.assigned_server_id);
+
+-- The contract's foreign key deletes to null; a legacy one with another rule
+-- on the same column is replaced by it.
 do $$
+declare
+  v_name name;
+  v_rule "char";
 begin
-  if not exists (
-    select from pg_constraint
-    where conrelid = 'public.devices'::regclass
-      and contype = 'f'
-      and conkey = array[(select attnum from pg_attribute
-                          where attrelid = 'public.devices'::regclass
-                            and attname = 'assigned_server_id')]
-  ) then
+  select c.conname, c.confdeltype into v_name, v_rule
+  from pg_constraint c
+  where c.conrelid = 'public.devices'::regclass
+    and c.contype = 'f'
+    and c.conkey = array[(select a.attnum from pg_attribute a
+                          where a.attrelid = 'public.devices'::regclass
+                            and a.attname = 'assigned_server_id')];
+  if v_name is not null and v_rule <> 'n' then
+    execute format('alter table public.devices drop constraint %I', v_name);
+    v_name := null;
+  end if;
+  if v_name is null then
     alter table public.devices
       add constraint devices_assigned_server_id_fkey
       foreign key (assigned_server_id) references public.backend_servers (id)
       on delete set null not valid;
+    alter table public.devices validate constraint devices_assigned_server_id_fkey;
   end if;
 end
 $$;
@@ -91,8 +107,9 @@ update public.devices
 create index if not exists devices_connecting_by_server
   on public.devices (assigned_server_id)
   where status = 'connecting';
-create index if not exists devices_connecting_unassigned
-  on public.devices (connecting_since)
+-- The claim queue: unassigned connecting devices, in the order claims take them.
+create index if not exists devices_claim_queue
+  on public.devices (connecting_since nulls first, id)
   where status = 'connecting' and assigned_server_id is null;
 create index if not exists devices_connecting_by_last_progress
   on public.devices ((greatest(assigned_at, qr_updated_at)))

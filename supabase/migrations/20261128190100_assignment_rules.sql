@@ -29,13 +29,19 @@ as $$
 $$;
 
 -- A device is orphaned when it is connecting and its server is null or not live.
+-- Written as its two halves so each is reached through an index (the claim
+-- queue; the devices of the few servers that are not live) and finding none
+-- reads no device; the foreign key guarantees a device's server exists.
 create or replace view device_assignment.orphaned_devices as
 select d.*
 from public.devices d
 where d.status = 'connecting'
-  and not exists (
-    select from device_assignment.live_servers l where l.id = d.assigned_server_id
-  );
+  and d.assigned_server_id is null
+union all
+select d.*
+from public.backend_servers s
+join public.devices d on d.assigned_server_id = s.id and d.status = 'connecting'
+where not exists (select from device_assignment.live_servers l where l.id = s.id);
 
 -- A device is stale when it is connecting on a live server that has produced no
 -- fresh QR for longer than the grace period since assignment or its last QR.
@@ -46,7 +52,7 @@ join device_assignment.live_servers l on l.id = d.assigned_server_id
 cross join public.assignment_settings cfg
 where d.status = 'connecting'
   and greatest(d.assigned_at, d.qr_updated_at) < now() - cfg.connecting_grace
-  and not coalesce(d.qr_expires_at > now(), false);
+  and not device_assignment.is_qr_fresh(d.qr_expires_at);
 
 -- How long until a device may be moved again; zero when it may move now.
 create or replace function device_assignment.cooldown_remaining(p_last_reassigned_at timestamptz)

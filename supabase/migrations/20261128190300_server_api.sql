@@ -114,16 +114,32 @@ begin
   -- another claimer holds, then decide in a new statement, whose fresh snapshot
   -- sees every claim committed meanwhile. (Deciding in the locking statement is
   -- not enough: its re-check of a locked row cannot see through the anti-join
-  -- that defines "orphaned".)
+  -- that defines "orphaned".) The two halves of "orphaned" are locked one after
+  -- the other: first the claim queue, then devices of servers that are not live;
+  -- each reads about as many index entries as it takes.
   select array_agg(t.id) into v_locked
   from (
-    select o.id
-    from device_assignment.orphaned_devices o
-    order by o.connecting_since nulls first, o.id
+    select d.id
+    from public.devices d
+    where d.status = 'connecting' and d.assigned_server_id is null
+    order by d.connecting_since nulls first, d.id
     limit v_room
-    for update skip locked
+    for update of d skip locked
   ) t;
-  if v_locked is null then
+
+  if coalesce(cardinality(v_locked), 0) < v_room then
+    select coalesce(v_locked, '{}') || array_agg(t.id) into v_locked
+    from (
+      select d.id
+      from public.backend_servers s
+      join public.devices d on d.assigned_server_id = s.id and d.status = 'connecting'
+      where not exists (select from device_assignment.live_servers l where l.id = s.id)
+      order by d.connecting_since nulls first, d.id
+      limit v_room - coalesce(cardinality(v_locked), 0)
+      for update of d skip locked
+    ) t;
+  end if;
+  if coalesce(cardinality(v_locked), 0) = 0 then
     return;
   end if;
 

@@ -98,26 +98,30 @@ Deno.test("8 servers claiming concurrently never get the same device", async () 
       assert.equal(fenced, 0, "no claimer's write was fenced: nobody else owned its devices");
       const twice = [...claimedBy.values()].filter((by) => by.length > 1);
       assert.equal(twice.length, 0, `devices claimed by more than one server: ${twice.length}`);
-      const [{ claimEvents, orphaned }] = await admin`
+      // Judged from the database, not only from what the claimers saw: on a
+      // shared database another live fleet may legitimately claim some orphans.
+      const [{ claimEvents, claimedDevices, orphaned }] = await admin`
         select count(*) filter (where e.reason = 'claimed')::int as "claimEvents",
+               count(distinct e.device_id) filter (where e.reason = 'claimed')::int
+                 as "claimedDevices",
                (select count(*)::int from device_assignment.orphaned_devices o
                  where o.device_name like ${tag + "-%"}) as orphaned
         from public.device_assignment_events e
         join public.devices d on d.id = e.device_id
         where d.device_name like ${tag + "-%"}`;
       assert.equal(orphaned, 0, "no orphan is left");
+      assert.equal(claimEvents, claimedDevices, "the audit trail holds one claim per device");
       const [{ connected }] = await admin`
         select count(*)::int as connected from public.devices
-        where device_name like ${tag + "-%"} and status = 'connected'`;
-      assert.equal(connected, devices, "every device was paired by exactly the server holding it");
-      assert.equal(claimEvents, claimedBy.size, "each claim seen by a server is one audit row");
+        where id = any(${[...claimedBy.keys()]}::uuid[]) and status = 'connected'`;
+      assert.equal(connected, claimedBy.size, "every claimed device was paired by its claimer");
       assert.ok(claimedBy.size > devices / 2, "the claimers, not someone else, did the work");
 
       const [{ mismatched }] = await admin`
         select count(*)::int as mismatched from public.devices d
-        where d.device_name like ${tag + "-%"}
+        where d.id = any(${[...claimedBy.keys()]}::uuid[])
           and d.assigned_server_id <> all(${serverIds}::uuid[])`;
-      assert.equal(mismatched, 0, "every device sits on one of the claimers");
+      assert.equal(mismatched, 0, "every claimed device sits on one of the claimers");
       const perServer = new Set([...claimedBy.values()].map((by) => by[0]));
       assert.ok(perServer.size > 1, "the work was actually spread over concurrent claimers");
     } finally {
