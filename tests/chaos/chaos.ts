@@ -490,7 +490,9 @@ async function chaosOn(
 
     const inject = async () => {
       const [a, b, c] = allDeviceIds;
-      await db`update public.devices set qr_code = 'chaos-stale-injected' where id = ${a}`;
+      // Disconnected too, so no worker's next QR overwrites it before a snapshot sees it.
+      await db`update public.devices set qr_code = 'chaos-stale-injected', status = 'disconnected'
+               where id = ${a}`;
       await db`
         insert into public.device_assignment_events (device_id, from_server_id, to_server_id,
                                                      epoch, reason, actor)
@@ -568,7 +570,10 @@ async function chaosOn(
           injected = true;
           await inject();
         }
-        if (privateStack && !outageDone && Date.now() > started + options.seconds * 400) {
+        if (
+          privateStack && options.dbRestart && !outageDone &&
+          Date.now() > started + options.seconds * 400
+        ) {
           outageDone = true;
           await databaseOutage(privateStack);
           continue;

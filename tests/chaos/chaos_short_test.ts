@@ -36,7 +36,7 @@ Deno.test({
   sanitizeResources: false,
   fn: async () => {
     const result = await runChaos({
-      seconds: 8,
+      seconds: 6,
       workers: 2,
       devices: 6,
       users: 1,
