@@ -25,49 +25,54 @@ create or replace function device_assignment.qr_state(
   p_reassigned boolean
 )
 returns jsonb
-language sql
+language plpgsql
 stable
 set search_path = ''
-set jit = off
 as $$
-  with state as (
-    select case
-             when p_device.status = 'connected' then 'connected'
-             when p_device.status = 'connecting'
-                  and device_assignment.is_qr_fresh(p_device.qr_expires_at) then 'ready'
-             when p_device.status = 'connecting' then 'pending'
-             when p_device.status = 'qr_timeout' then 'qr_timeout'
-             when p_device.status = 'error' then 'error'
-             else 'not_connecting'
-           end as status
-  )
-  select jsonb_build_object(
+declare
+  v_status text;
+  v_server jsonb;
+begin
+  v_status := case
+    when p_device.status = 'connected' then 'connected'
+    when p_device.status = 'connecting' and device_assignment.is_qr_fresh(p_device.qr_expires_at)
+      then 'ready'
+    when p_device.status = 'connecting' then 'pending'
+    when p_device.status = 'qr_timeout' then 'qr_timeout'
+    when p_device.status = 'error' then 'error'
+    else 'not_connecting'
+  end;
+  if p_device.assigned_server_id is not null then
+    select jsonb_build_object('id', s.id, 'name', s.server_name) into v_server
+    from public.backend_servers s where s.id = p_device.assigned_server_id;
+  end if;
+
+  return jsonb_build_object(
     'device_id', p_device.id,
-    'status', state.status,
+    'status', v_status,
     'device_status', p_device.status,
-    'qr', case when state.status = 'ready' then jsonb_build_object(
-             'value', p_device.qr_code,
-             'updated_at', p_device.qr_updated_at,
-             'expires_at', p_device.qr_expires_at) end,
-    'server', (select jsonb_build_object('id', s.id, 'name', s.server_name)
-                 from public.backend_servers s where s.id = p_device.assigned_server_id),
+    'qr', case when v_status = 'ready' then jsonb_build_object(
+            'value', p_device.qr_code,
+            'updated_at', p_device.qr_updated_at,
+            'expires_at', p_device.qr_expires_at) end,
+    'server', v_server,
     'reason', case
-                when state.status = 'pending' then coalesce(p_reason, 'waiting_for_server')
-                when state.status = 'not_connecting' then 'call_reassign_device'
+                when v_status = 'pending' then coalesce(p_reason, 'waiting_for_server')
+                when v_status = 'not_connecting' then 'call_reassign_device'
               end,
     'reassigned', p_reassigned,
     'retry_after_ms', case
-                        when state.status = 'ready' then 2000
-                        when state.status = 'pending' and p_reason = 'no_active_servers' then 5000
-                        when state.status = 'pending' and p_reason = 'reassignment_cooldown' then
+                        when v_status = 'ready' then 2000
+                        when v_status = 'pending' and p_reason = 'no_active_servers' then 5000
+                        when v_status = 'pending' and p_reason = 'reassignment_cooldown' then
                           greatest(device_assignment.interval_ms(
                             device_assignment.cooldown_remaining(p_device.last_reassigned_at)), 1000)
-                        when state.status = 'pending' then 1000
+                        when v_status = 'pending' then 1000
                       end,
     'epoch', p_device.assignment_epoch,
     'last_error', p_device.last_error
-  )
-  from state
+  );
+end;
 $$;
 
 create or replace function device_assignment.get_device_qr(p_device_id uuid)
@@ -203,15 +208,15 @@ $$;
 -- Public, invoker wrappers: the API surface PostgREST exposes.
 create or replace function public.get_device_qr(p_device_id uuid)
 returns jsonb
-language sql
+language plpgsql
 set search_path = ''
-as $$ select device_assignment.get_device_qr(p_device_id) $$;
+as $$ begin return device_assignment.get_device_qr(p_device_id); end $$;
 
 create or replace function public.request_device_reassignment(p_device_id uuid)
 returns jsonb
-language sql
+language plpgsql
 set search_path = ''
-as $$ select device_assignment.request_device_reassignment(p_device_id) $$;
+as $$ begin return device_assignment.request_device_reassignment(p_device_id); end $$;
 
 comment on function public.get_device_qr(uuid) is
   'QR state of one of the caller''s devices; heals an orphaned or stale device in the same call.';

@@ -346,9 +346,9 @@ create or replace function public.server_heartbeat(
   p_metadata jsonb default '{}'::jsonb
 )
 returns jsonb
-language sql
+language plpgsql
 set search_path = ''
-as $$ select device_assignment.server_heartbeat(p_server_name, p_current_load, p_max_capacity, p_metadata) $$;
+as $$ begin return device_assignment.server_heartbeat(p_server_name, p_current_load, p_max_capacity, p_metadata); end $$;
 
 create or replace function public.claim_devices(p_server_id uuid, p_limit integer default 100)
 returns table (
@@ -359,9 +359,9 @@ returns table (
   qr_expires_at timestamptz,
   claimed boolean
 )
-language sql
+language plpgsql
 set search_path = ''
-as $$ select * from device_assignment.claim_devices(p_server_id, p_limit) $$;
+as $$ begin return query select * from device_assignment.claim_devices(p_server_id, p_limit); end $$;
 
 create or replace function public.publish_device_qr(
   p_device_id uuid,
@@ -371,9 +371,9 @@ create or replace function public.publish_device_qr(
   p_expires_at timestamptz
 )
 returns jsonb
-language sql
+language plpgsql
 set search_path = ''
-as $$ select device_assignment.publish_device_qr(p_device_id, p_server_id, p_epoch, p_qr, p_expires_at) $$;
+as $$ begin return device_assignment.publish_device_qr(p_device_id, p_server_id, p_epoch, p_qr, p_expires_at); end $$;
 
 create or replace function public.report_device_status(
   p_device_id uuid,
@@ -383,15 +383,15 @@ create or replace function public.report_device_status(
   p_error text default null
 )
 returns jsonb
-language sql
+language plpgsql
 set search_path = ''
-as $$ select device_assignment.report_device_status(p_device_id, p_server_id, p_epoch, p_status, p_error) $$;
+as $$ begin return device_assignment.report_device_status(p_device_id, p_server_id, p_epoch, p_status, p_error); end $$;
 
 create or replace function public.server_shutdown(p_server_id uuid)
 returns jsonb
-language sql
+language plpgsql
 set search_path = ''
-as $$ select device_assignment.server_shutdown(p_server_id) $$;
+as $$ begin return device_assignment.server_shutdown(p_server_id); end $$;
 
 revoke all on function
   public.server_heartbeat(text, integer, integer, jsonb),

@@ -252,21 +252,21 @@ create or replace function public.reassign_devices(
   p_dry_run boolean default false
 )
 returns jsonb
-language sql
+language plpgsql
 set search_path = ''
-as $$ select device_assignment.reassign_devices(p_scope, p_device_id, p_dry_run) $$;
+as $$ begin return device_assignment.reassign_devices(p_scope, p_device_id, p_dry_run); end $$;
 
 create or replace function public.run_assignment_maintenance()
 returns jsonb
-language sql
+language plpgsql
 set search_path = ''
-as $$ select device_assignment.run_assignment_maintenance() $$;
+as $$ begin return device_assignment.run_assignment_maintenance(); end $$;
 
 create or replace function public.assignment_health()
 returns jsonb
-language sql
+language plpgsql
 set search_path = ''
-as $$ select device_assignment.assignment_health() $$;
+as $$ begin return device_assignment.assignment_health(); end $$;
 
 revoke all on function
   public.reassign_devices(text, uuid, boolean),
