@@ -540,6 +540,26 @@ Deno.test({
 });
 
 Deno.test({
+  name: "a burst of 400 concurrent hostile requests is answered, every one a 4xx",
+  fn: async () => {
+    try {
+      const w = await world();
+      const before = await worldChecksum(w);
+      const sample = (await cases()).filter((c) => !(c.request.body instanceof ReadableStream));
+      const burst = Array.from({ length: 400 }, (_, i) => sample[(i * 7) % sample.length]);
+      await inParallel(burst, 64, async (c) => {
+        const answer = await callFunction(c.fn, c.request);
+        await assertHostileAnswer(answer, c, `burst: ${c.name}`);
+      });
+      assert.equal(await worldChecksum(w), before, "the world's rows changed");
+    } finally {
+      await writeFigures("functions");
+      await dropWorld();
+    }
+  },
+});
+
+Deno.test({
   name: "a victim's own request still works after the hostile run (the check can tell)",
   fn: async () => {
     try {
