@@ -14,7 +14,13 @@ import { mintAccessToken } from "../local/gateway/jwt.ts";
 import { JWT_SECRET, loadSigningKeys, SECRET_KEY } from "../local/gateway/keys.ts";
 import { Fleet } from "../worker/fleet.ts";
 import { signingStateDir, startBenchGateway } from "./lib/gateway.ts";
-import { connect, createBenchDatabase, dropBenchDatabase, type Sql } from "./lib/pg.ts";
+import {
+  benchDatabaseName,
+  connect,
+  createBenchDatabase,
+  dropBenchDatabase,
+  type Sql,
+} from "./lib/pg.ts";
 import { quantile } from "./lib/stats.ts";
 
 export type FailoverPath = "polling" | "maintenance";
@@ -116,16 +122,27 @@ async function oneRun(
     const devices = await createDevices(sql, k);
     const ids = devices.map((d) => d.deviceId);
     log(`failover K=${k} ${path}: victim ${victim} takes ${k} devices`);
+    if (k > WORKER_CLAIM_LIMIT) {
+      // More than one claim can return: assign them all to the victim directly,
+      // as if it had claimed them over several polls.
+      await sql`
+        update public.devices
+           set assigned_server_id = ${victimId}, assignment_epoch = assignment_epoch + 1,
+               assigned_at = now()
+         where id = any(${ids}::uuid[])`;
+      await sql`update public.backend_servers set current_load = ${k} where id = ${victimId}`;
+    }
+    const showing = Math.min(k, WORKER_CLAIM_LIMIT);
     await waitUntil(
       async () => {
         const [{ n }] = await sql`
         select count(*)::int as n from public.devices
         where id = any(${ids}::uuid[]) and assigned_server_id = ${victimId}
           and qr_expires_at > now()`;
-        return n === k;
+        return n >= showing;
       },
       60_000,
-      "the victim to publish every QR",
+      "the victim to publish its QRs",
     );
     const survivors = Math.max(2, Math.ceil(k / WORKER_CLAIM_LIMIT) + 1);
     await fleet.start(survivors);
@@ -154,6 +171,9 @@ async function oneRun(
       });
     }
 
+    // A crash comes at any moment: a random phase against the victim's
+    // heartbeats and the survivors' polls.
+    await sleep(Math.random() * (POLL_MS + (HEARTBEAT_TIMEOUT_S * 1000) / 4));
     const killedAt = Date.now();
     await fleet.kill(victim);
     let maintenance: Promise<void> = Promise.resolve();
@@ -192,7 +212,7 @@ async function oneRun(
 }
 
 export async function runFailover(options: FailoverOptions): Promise<FailoverReport> {
-  const name = "bench_failover";
+  const name = benchDatabaseName("bench_failover");
   const url = await createBenchDatabase(name);
   const sql = connect(url, 2);
   const gateway = await startBenchGateway(url);

@@ -325,19 +325,23 @@ function missNotes(results: BenchResults, verdicts: Verdict[]): string {
   }
   const scale = results.sqlScale?.results ?? [];
   const largest = scale[scale.length - 1];
+  const enumeration =
+    "The planner estimates `last_health_ping > now() - heartbeat_timeout` at its default 1/3 selectivity, expects hundreds of servers that are not live, and hash-joins them with every connecting device (`devices_connecting_by_last_progress`) instead of probing `devices_connecting_by_server` once per server that really is not live (see the plans in the appendix).";
+  const followUp =
+    "Fix, for the migrations' owner ([bench/fixtures/proposed_fix.sql](../fixtures/proposed_fix.sql), checked before/after on scratch copies in [proposed-fix.md](proposed-fix.md)): where orphans are enumerated, reach the devices of non-live servers with a fenced lateral probe, `from public.backend_servers s cross join lateral (select d.id from public.devices d where d.assigned_server_id = s.id and d.status = 'connecting' offset 0) x where not exists (select from device_assignment.live_servers l where l.id = s.id)`: in `run_assignment_maintenance`'s candidate query, and in `claim_devices`' second lock statement (there as `where d.id = any(array(<that query>)) ... for update of d skip locked`, locking by primary key). The view `orphaned_devices` stays the one definition: maintenance re-checks every candidate against it under lock, claims in their decide step, and lookups by id keep using it unchanged (a fence inside the view would stop `o.id = …` from reaching the index).";
   if (missed.has("claims") && largest) {
     out.push(
       "### Claims below 10,000/s",
       "",
-      `Cause (plan \"claim_devices, 100 of the pool\" in the appendix): claim_devices locks its batch with \`select o.id from device_assignment.orphaned_devices o order by o.connecting_since nulls first, o.id limit v_room for update skip locked\`. \`orphaned_devices\` is an anti-join of every connecting device against \`live_servers\`, so every call reads all connecting devices (${
-        (largest.connecting + largest.bulkCount).toLocaleString("en-US")
+      `Measured with the migrations of this checkout (commit ${results.env.commit}). Since 593e488 claim_devices locks unassigned devices from the claim queue index first, which removed the main cost (before it, every call read all connecting devices and sorted every orphan: 6,667 claims/s at 1M in this benchmark's run at b22a684). What is left: its second lock statement, devices of servers that are not live, still reads every connecting device (${
+        largest.connecting.toLocaleString("en-US")
       } at ${
         largest.devices.toLocaleString("en-US")
-      } devices during the claim run) through \`devices_connecting_by_last_progress\` and sorts every remaining orphan to keep 100. A call costs O(connecting devices), the pool drains in ${
+      } devices) whenever the queue cannot fill the batch. ${enumeration} The pool drained in ${
         largest.claims[0]?.calls ?? "?"
-      } calls, and 8 claimers share 2 cores.`,
+      } calls with 8 claimers sharing 2 cores.`,
       "",
-      "Fix ([bench/fixtures/proposed_fix.sql](../fixtures/proposed_fix.sql), for the migrations' owner): (1) a queue index `create index devices_connecting_unassigned_queue on public.devices (connecting_since nulls first, id) where status = 'connecting' and assigned_server_id is null;` (2) in `claim_devices`, lock from it first — `select d.id from public.devices d where d.status = 'connecting' and d.assigned_server_id is null order by d.connecting_since nulls first, d.id limit v_room for update of d skip locked` — then, if room is left, devices of servers that are not live — `select d.id from public.backend_servers s join public.devices d on d.assigned_server_id = s.id and d.status = 'connecting' where not exists (select from device_assignment.live_servers l where l.id = s.id) order by d.connecting_since nulls first, d.id limit <rest> for update of d skip locked`; the decide step after it stays as it is. Each call then reads about 100 index entries. Measured before/after on a scratch copy: [proposed-fix.md](proposed-fix.md).",
+      followUp,
       "",
     );
   }
@@ -345,13 +349,13 @@ function missNotes(results: BenchResults, verdicts: Verdict[]): string {
     out.push(
       "### Idle maintenance grows with the table",
       "",
-      `The idle pass is well under its 50 ms budget (${fmt(largest.idleMs.median)} ms at ${
+      `The idle pass is far under its 50 ms budget (${fmt(largest.idleMs.median)} ms at ${
         largest.devices.toLocaleString("en-US")
-      } devices), but its candidate query (\`orphaned_devices union stale_devices\`, plan \"maintenance, nothing to do\") reads every connecting device (${
+      } devices), but it still reads every connecting device (${
         largest.connecting.toLocaleString("en-US")
-      }, 1% of the table) to find that none is orphaned: the anti-join against live servers has no index that yields only devices of dead servers. At a fixed mix that is linear in the table. The stale half is fine: it range-scans \`devices_connecting_by_last_progress\` and reads only devices whose last progress is older than the grace period.`,
+      }, 1% of the table) to find that none is orphaned, so at a fixed mix its cost is linear in the table. Since 593e488 \`orphaned_devices\` is written as its two halves (the claim queue; devices of servers that are not live) and the foreign key is validated, so an index path exists, but the candidate query does not take it. ${enumeration} The stale half is fine: it range-scans \`devices_connecting_by_last_progress\` and reads only devices whose last progress is older than the grace period (\`is_qr_fresh\` there, like \`cooldown_remaining\` and \`qr_state\`, carries \`set search_path\` and so is never inlined: a function call per row, harmless at these counts).`,
       "",
-      "Fix (same file): define `device_assignment.orphaned_devices` as `select d.* from devices d where d.status = 'connecting' and d.assigned_server_id is null union all select d.* from backend_servers s join devices d on d.assigned_server_id = s.id and d.status = 'connecting' where not exists (select from device_assignment.live_servers l where l.id = s.id)`: the first half uses the queue index, the second walks the servers (1,020 rows) and `devices_connecting_by_server` for the dead ones only, so an idle pass reads no device. Prerequisite: no dangling `assigned_server_id` — the schema migration adds the foreign key NOT VALID for legacy rows; null references to missing servers there (maintenance would orphan-heal them anyway) and `validate constraint`, so \"server null or not live\" is exactly the two halves. `claim_devices` cannot lock through a UNION view, hence its two explicit lock statements above.",
+      followUp,
       "",
     );
   }

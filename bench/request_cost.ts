@@ -11,7 +11,13 @@
 import { mintAccessToken } from "../local/gateway/jwt.ts";
 import { JWT_SECRET, loadSigningKeys, PUBLISHABLE_KEY } from "../local/gateway/keys.ts";
 import { type BenchGateway, signingStateDir, startBenchGateway } from "./lib/gateway.ts";
-import { connect, createBenchDatabase, dropBenchDatabase, type Sql } from "./lib/pg.ts";
+import {
+  benchDatabaseName,
+  connect,
+  createBenchDatabase,
+  dropBenchDatabase,
+  type Sql,
+} from "./lib/pg.ts";
 import { quantile, summarize, type Summary } from "./lib/stats.ts";
 
 export const ENDPOINTS = ["floor", "json", "png", "rest-floor", "rest-qr"] as const;
@@ -290,7 +296,7 @@ async function measureFootprint(
 }
 
 export async function runRequestCost(options: RequestCostOptions): Promise<RequestCostReport> {
-  const dbName = "bench_http";
+  const dbName = benchDatabaseName("bench_http");
   const dbUrl = await createBenchDatabase(dbName);
   const sql = connect(dbUrl, 2);
   let gateway: BenchGateway | null = null;

@@ -103,7 +103,7 @@ if (only.includes("cost")) {
 if (only.includes("failover")) {
   const options: FailoverOptions = quick
     ? { sizes: [10], paths: ["polling"], runs: 1, log }
-    : { sizes: [10, 100, 1000], paths: ["polling", "maintenance"], runs: 1, log };
+    : { sizes: [10, 100, 1000], paths: ["polling", "maintenance"], runs: 3, log };
   results.failover = await runFailover(options);
 }
 

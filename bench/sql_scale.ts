@@ -5,7 +5,13 @@
  * changes devices either runs in a transaction that is rolled back or is
  * restored afterwards, so each repetition sees the same table.
  */
-import { connect, createBenchDatabase, dropBenchDatabase, type Sql } from "./lib/pg.ts";
+import {
+  benchDatabaseName,
+  connect,
+  createBenchDatabase,
+  dropBenchDatabase,
+  type Sql,
+} from "./lib/pg.ts";
 import { summarize, type Summary } from "./lib/stats.ts";
 
 export const LIVE_SERVERS = 1000;
@@ -155,6 +161,16 @@ async function recomputeLoads(sql: Sql): Promise<void> {
                   group by assigned_server_id) c on c.assigned_server_id = s2.id
      where s.id = s2.id
   `);
+}
+
+/**
+ * Vacuums between scenarios: rolled-back and undone runs leave dead rows, and
+ * a scenario should not pay for the ones before it.
+ */
+export async function settle(sql: Sql): Promise<void> {
+  await sql.unsafe(
+    `vacuum analyze public.devices, public.backend_servers, public.device_assignment_events`,
+  );
 }
 
 /** What live workers do all the time: heartbeat, and rotate their QRs. */
@@ -376,7 +392,7 @@ async function capturePlans(url: string, sql: Sql, k: number): Promise<Plan[]> {
 }
 
 export async function runSqlScale(options: ScaleOptions): Promise<ScaleReport> {
-  const name = options.database ?? "bench_scale";
+  const name = options.database ?? benchDatabaseName("bench_scale");
   const url = await createBenchDatabase(name);
   const sql = connect(url, 1);
   const results: ScaleResult[] = [];
@@ -396,13 +412,19 @@ export async function runSqlScale(options: ScaleOptions): Promise<ScaleReport> {
       options.log(`sql ${n}: idle maintenance`);
       const idle = await measureIdle(sql, options.reps.idle);
       options.log(`sql ${n}: maintenance with ${orphanCount} orphans`);
+      await settle(sql);
       const orphan = await measureOrphaned(sql, orphanCount, options.reps.orphan);
       options.log(`sql ${n}: reassign_devices('inactive') of ${bulkCount}`);
+      await settle(sql);
       const bulk = await measureBulk(sql, bulkCount, options.reps.bulk);
       options.log(`sql ${n}: claims, ${CLAIMERS} claimers`);
       const claims: ClaimRun[] = [];
-      for (let i = 0; i < options.reps.claim; i++) claims.push(await claimRun(url, sql, bulkCount));
+      for (let i = 0; i < options.reps.claim; i++) {
+        await settle(sql);
+        claims.push(await claimRun(url, sql, bulkCount));
+      }
       options.log(`sql ${n}: assignment_health()`);
+      await settle(sql);
       const health = await measureHealth(sql, options.reps.health);
       if (options.explain && n === Math.max(...options.sizes)) {
         options.log(`sql ${n}: plans`);

@@ -11,6 +11,14 @@ export const REPO = new URL("../../", import.meta.url).pathname.replace(/\/$/, "
 const PORT = Deno.env.get("DB_PORT") ?? "54322";
 const CLUSTER = `postgresql://postgres:postgres@127.0.0.1:${PORT}`;
 
+/**
+ * A database name of this run's own: two benchmark runs at once (two engineers'
+ * `make test`) must not drop each other's databases.
+ */
+export function benchDatabaseName(base: string): string {
+  return `${base}_${Deno.pid}`;
+}
+
 export function databaseUrl(name: string): string {
   return `${CLUSTER}/${name}`;
 }
