@@ -18,7 +18,7 @@
  * stack are not disturbed.
  */
 import { type FailoverOptions, runFailover } from "./failover.ts";
-import { connect, databaseUrl, REPO } from "./lib/pg.ts";
+import { connect, databaseUrl, dropAbandonedBenchDatabases, REPO } from "./lib/pg.ts";
 import { type BenchResults, type Environment, renderReport } from "./report.ts";
 import { runRequestCost } from "./request_cost.ts";
 import { runSqlScale } from "./sql_scale.ts";
@@ -72,6 +72,9 @@ async function environment(): Promise<Omit<Environment, "durationSeconds" | "loa
   };
 }
 
+for (const name of await dropAbandonedBenchDatabases()) {
+  log(`dropped ${name}, left by an interrupted run`);
+}
 const env = await environment();
 const results: BenchResults = {
   env: { ...env, durationSeconds: 0, loadAfter: "" },

@@ -19,6 +19,32 @@ export function benchDatabaseName(base: string): string {
   return `${base}_${Deno.pid}`;
 }
 
+/** Drops the databases of benchmark runs whose process is gone (an interrupted run). */
+export async function dropAbandonedBenchDatabases(): Promise<string[]> {
+  const admin = postgres(databaseUrl("postgres"), { max: 1, onnotice: () => {} });
+  const dropped: string[] = [];
+  try {
+    const rows =
+      await admin`select datname from pg_database where datname ~ '^bench_[a-z]+_[0-9]+$'`;
+    for (const { datname } of rows) {
+      const pid = Number(/_(\d+)$/.exec(datname)![1]);
+      let alive = true;
+      try {
+        Deno.statSync(`/proc/${pid}`);
+      } catch {
+        alive = false;
+      }
+      if (!alive) {
+        await admin.unsafe(`drop database if exists ${datname} with (force)`);
+        dropped.push(datname);
+      }
+    }
+  } finally {
+    await admin.end();
+  }
+  return dropped;
+}
+
 export function databaseUrl(name: string): string {
   return `${CLUSTER}/${name}`;
 }
