@@ -56,7 +56,10 @@ function cell(cells: CostCell[], endpoint: Endpoint, concurrency: number): CostC
 }
 
 function requestCostSection(r: RequestCostReport, verdicts: Verdict[]): string {
-  const lines: string[] = [];
+  const lines: string[] = [
+    "Every request goes through a private instance of the local gateway (local/gateway, the same code as on :54321) on its own database, the function in its own Deno process, and back through the gateway's /rest/v1/rpc to PostgreSQL. 64 users each poll their own connecting device, which has a fresh QR on a live server, so no request heals. The **floor** is a bench-only function ([bench/fixtures/floor](../fixtures/floor/index.ts)) served by the same gateway and runtime: it authenticates the user exactly like get-device-qr (the shared `supabaseAuth`) and makes the cheapest authenticated RPC, `bench_floor()` (SQL returning `auth.uid()`, created only in the benchmark's database). The direct `/rest/v1/rpc` rows (no function) show what the function hop costs. PNG is served from the function's image cache (the same QR value on every poll).",
+    "",
+  ];
   const concurrencies = [...new Set(r.cells.map((c) => c.concurrency))];
   lines.push(
     "| endpoint | conc. | req/s median (min–max) | p50 ms | p99 ms | cost vs floor (floor req/s ÷ req/s) |",
@@ -83,7 +86,7 @@ function requestCostSection(r: RequestCostReport, verdicts: Verdict[]): string {
       r.cells.reduce((s, c) => s + c.runs.reduce((t, x) => t + x.errors, 0), 0)
     }. The load generator runs on the same 2 cores as the gateway, the function processes and PostgreSQL, so absolute figures are low; ratios measured in one run are what to compare.`,
     "",
-    "Database statements per request (pg_stat_statements, top-level, this benchmark's database only, sequential requests):",
+    "Database statements per request (pg_stat_statements, top-level statements, this benchmark's database only, sequential requests). Each request is one transaction of the gateway: BEGIN, the request settings (`set_config`), the gateway's routine lookup (the local gateway reads `pg_proc` on every call where PostgREST keeps a schema cache), and the RPC itself; the floor pays the same.",
     "",
     "| endpoint | requests | statements / request | RPC statements / request | RPC mean exec ms | statements |",
     "|---|---:|---:|---:|---:|---|",
