@@ -35,3 +35,6 @@ reset-inactive: up
 	@$(OPERATOR) reset-inactive $(if $(DRY_RUN),--dry-run)
 reset-all: up
 	@$(OPERATOR) reset-all $(if $(DRY_RUN),--dry-run)
+
+chaos: setup        ## faults with invariants on a private stack (PostgreSQL restart included); report in test-results/chaos-report.md
+	@node_modules/.bin/deno run -A tests/chaos/chaos.ts --seconds $${CHAOS_SECONDS:-180} --db-restart

@@ -59,6 +59,10 @@ const sql = postgres(gatewayDbUrl, {
   max: 20,
   idle_timeout: 30,
   connect_timeout: 5,
+  // postgres.js waits up to 20 s between reconnect attempts by default, and
+  // queues queries meanwhile: during an outage requests would hang instead of
+  // failing with PostgREST's 503. Retry quickly and fail fast instead.
+  backoff: () => 0.2,
   onnotice: () => {},
   connection: { application_name: "local-gateway" },
 });

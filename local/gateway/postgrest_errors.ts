@@ -56,6 +56,9 @@ const RULES: readonly Rule[] = [
   { sqlstate: "54*", status: 500, why: "too complex" },
   { sqlstate: "55*", status: 500, why: "obj not in prereq state" },
   { sqlstate: "57P01", status: 503, why: "terminating connection due to administrator command" },
+  // Not in mapSQLtoHTTP, where 57P03 falls to 500: PostgREST never surfaces it
+  // as a statement error because it sees it while connecting (PGRST000, 503).
+  { sqlstate: "57P03", status: 503, why: "the database system is starting up or shutting down" },
   { sqlstate: "57*", status: 500, why: "operator intervention (57014: statement timeout)" },
   { sqlstate: "58*", status: 500, why: "system error" },
   { sqlstate: "F0*", status: 500, why: "conf file error" },

@@ -18,13 +18,21 @@ export interface PostgrestFailure {
   details?: string | null;
 }
 
-export function rpcThrough(client: SupabaseClient): Rpc {
+/**
+ * How long one RPC may take before the caller is told the database is
+ * unavailable: above the `authenticated` role's 8 s statement timeout, so a
+ * slow but working query still answers, while a stalled upstream (a database
+ * restarting, a pool waiting to reconnect) gets the contract's 503.
+ */
+export const RPC_DEADLINE_MS = 10_000;
+
+export function rpcThrough(client: SupabaseClient, deadlineMs = RPC_DEADLINE_MS): Rpc {
   return async (name, args, signal) => {
     let result;
     try {
-      let call = client.rpc(name, args);
-      if (signal) call = call.abortSignal(signal);
-      result = await call;
+      const deadline = AbortSignal.timeout(deadlineMs);
+      result = await client.rpc(name, args)
+        .abortSignal(signal ? AbortSignal.any([signal, deadline]) : deadline);
     } catch {
       throw databaseUnavailable();
     }
