@@ -64,7 +64,7 @@ start() {
   (
     cd "$ROOT"
     GATEWAY_PORT="$PORT" GATEWAY_STATE_DIR="$STATE" \
-      SUPABASE_DB_URL="${SUPABASE_DB_URL:-$("$ROOT/local/db.sh" url)}" \
+      SUPABASE_DB_URL="$("$ROOT/local/db.sh" url)" \
       setsid "$DENO" run --allow-all --quiet --unstable-no-legacy-abort "$ROOT/local/gateway/main.ts" \
       >>"$OUTLOG" 2>&1 </dev/null 9>&- &
     echo $! >"$PIDFILE"
