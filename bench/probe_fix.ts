@@ -16,7 +16,7 @@ import {
   REPO,
   type Sql,
 } from "./lib/pg.ts";
-import { fmt, summarize, type Summary } from "./lib/stats.ts";
+import { fmt, summarize } from "./lib/stats.ts";
 import {
   claimRun,
   createFleet,
@@ -33,48 +33,68 @@ import {
 
 const log = (line: string) => console.error(`[probe] ${line}`);
 
-interface Figures {
-  idle: Summary;
-  steadyClaim: Summary;
-  orphan: Summary;
-  bulk: Summary;
-  claims: Summary;
+interface Samples {
+  idle: number[];
+  steadyClaim: number[];
+  orphan: number[];
+  bulk: number[];
+  claims: number[];
+  health: number[];
   duplicates: number;
-  health: Summary;
 }
 
+type Figure = Exclude<keyof Samples, "duplicates">;
+
 /** A worker's poll when there is nothing to take: what 1,000 servers do every few seconds. */
-async function measureSteadyClaim(sql: Sql): Promise<Summary> {
+async function measureSteadyClaim(sql: Sql): Promise<number[]> {
   await freshen(sql);
   const times: number[] = [];
-  for (let i = 0; i < 60; i++) {
+  for (let i = 0; i < 35; i++) {
     const started = performance.now();
     await sql`select count(*) from public.claim_devices(md5('server' || ${i % 1000})::uuid, 100)`;
     if (i >= 10) times.push(performance.now() - started);
   }
-  return summarize(times);
+  return times;
 }
 
-async function measure(url: string, sql: Sql, k: number, bulk: number): Promise<Figures> {
-  // Each block starts from a vacuumed table, so the second is not slowed by the
-  // dead rows the first one's claim runs left behind.
+/** One block of every figure, half the repetitions of bench/sql_scale.ts. */
+async function measure(url: string, sql: Sql, k: number, bulk: number, into: Samples) {
+  // Each block starts from a vacuumed table, so a block is not slowed by the
+  // dead rows the previous one's claim runs left behind.
   await settle(sql);
-  const idle = await measureIdle(sql, 15);
-  const steadyClaim = await measureSteadyClaim(sql);
-  const orphan = await measureOrphaned(sql, k, 5);
-  const bulkRun = await measureBulk(sql, bulk, 5);
-  const runs = [];
-  for (let i = 0; i < 3; i++) runs.push(await claimRun(url, sql, bulk));
+  into.idle.push(...(await measureIdle(sql, 8)).raw);
+  into.steadyClaim.push(...(await measureSteadyClaim(sql)));
+  into.orphan.push(...(await measureOrphaned(sql, k, 3)).raw);
+  into.bulk.push(...(await measureBulk(sql, bulk, 3)).raw);
+  for (let i = 0; i < 2; i++) {
+    await settle(sql);
+    const run = await claimRun(url, sql, bulk);
+    into.claims.push(run.perSecond);
+    into.duplicates += run.duplicates + run.leftOrphaned;
+  }
   const health = await measureHealth(sql, 3);
-  return {
-    idle: idle.wall,
-    steadyClaim,
-    orphan: orphan.wall,
-    bulk: bulkRun.wall,
-    claims: summarize(runs.map((r) => r.perSecond)),
-    duplicates: runs.reduce((s, r) => s + r.duplicates + r.leftOrphaned, 0),
-    health,
-  };
+  into.health.push(health.median);
+}
+
+const empty = (): Samples => ({
+  idle: [],
+  steadyClaim: [],
+  orphan: [],
+  bulk: [],
+  claims: [],
+  health: [],
+  duplicates: 0,
+});
+
+/** The migrations' own definitions of the functions the fix replaces. */
+const MIGRATED = [
+  `${REPO}/supabase/migrations/20261128190300_server_api.sql`,
+  `${REPO}/supabase/migrations/20261128190400_operator_api.sql`,
+];
+
+async function useVariant(sql: Sql, variant: "migrated" | "fix"): Promise<void> {
+  if (variant === "fix") await sql.file(`${REPO}/bench/fixtures/proposed_fix.sql`);
+  else for (const file of MIGRATED) await sql.file(file);
 }
 
 /** Time per statement inside the functions (auto_explain without ANALYZE: durations only). */
@@ -131,34 +151,34 @@ for (const devices of sizes) {
     const bulk = Math.min(10_000, Number(pool));
     const largest = devices === Math.max(...sizes);
     const profileBefore = largest ? await profile(url, sql, k) : [];
-    log(`${devices}: measuring, as migrated`);
-    const before = await measure(url, sql, k, bulk);
-    log(`${devices}: applying bench/fixtures/proposed_fix.sql`);
-    await sql.file(`${REPO}/bench/fixtures/proposed_fix.sql`);
-    await sql.unsafe(`analyze public.devices`);
-    log(`${devices}: measuring, with the fix`);
-    const after = await measure(url, sql, k, bulk);
+    const before = empty();
+    const after = empty();
+    // Alternating blocks (as migrated, fix, as migrated, fix): drift on this
+    // shared machine then hits both alike.
+    for (const variant of ["migrated", "fix", "migrated", "fix"] as const) {
+      log(`${devices}: measuring, ${variant}`);
+      await useVariant(sql, variant);
+      await measure(url, sql, k, bulk, variant === "fix" ? after : before);
+    }
     if (largest) profiles = { k, before: profileBefore, after: await profile(url, sql, k) };
     duplicates += before.duplicates + after.duplicates;
 
     const n = devices.toLocaleString("en-US");
-    const row = (label: string, f: (x: Figures) => Summary, unit: string) =>
-      `| ${n} | ${label} | ${fmt(f(before).median)}${unit} (${fmt(f(before).min)}–${
-        fmt(f(before).max)
-      }) | ${fmt(f(after).median)}${unit} (${fmt(f(after).min)}–${fmt(f(after).max)}) | ${
-        fmt(f(before).median / f(after).median)
-      }× |`;
+    const row = (label: string, figure: Figure, unit: string, higherIsBetter = false) => {
+      const b = summarize(before[figure]);
+      const f = summarize(after[figure]);
+      const gain = higherIsBetter ? f.median / b.median : b.median / f.median;
+      return `| ${n} | ${label} | ${fmt(b.median)}${unit} (${fmt(b.min)}–${fmt(b.max)}) | ${
+        fmt(f.median)
+      }${unit} (${fmt(f.min)}–${fmt(f.max)}) | ${fmt(gain)}× |`;
+    };
     rows.push(
-      row("maintenance, nothing to do", (x) => x.idle, " ms"),
-      row("claim_devices(server, 100), nothing to take", (x) => x.steadyClaim, " ms"),
-      row(`maintenance, ${k.toLocaleString("en-US")} orphaned`, (x) => x.orphan, " ms"),
-      row(`reassign_devices('inactive') of ${bulk.toLocaleString("en-US")}`, (x) => x.bulk, " ms"),
-      `| ${n} | claims/s, 8 claimers | ${fmt(before.claims.median)} (${fmt(before.claims.min)}–${
-        fmt(before.claims.max)
-      }) | ${fmt(after.claims.median)} (${fmt(after.claims.min)}–${fmt(after.claims.max)}) | ${
-        fmt(after.claims.median / before.claims.median)
-      }× faster |`,
-      row("assignment_health()", (x) => x.health, " ms"),
+      row("maintenance, nothing to do", "idle", " ms"),
+      row("claim_devices(server, 100), nothing to take", "steadyClaim", " ms"),
+      row(`maintenance, ${k.toLocaleString("en-US")} orphaned`, "orphan", " ms"),
+      row(`reassign_devices('inactive') of ${bulk.toLocaleString("en-US")}`, "bulk", " ms"),
+      row("claims/s, 8 claimers", "claims", "", true),
+      row("assignment_health()", "health", " ms"),
     );
   } finally {
     await sql.end();
@@ -173,9 +193,9 @@ const md = [
   "",
   `Generated by \`bench/probe_fix.ts ${sizes.join(" ")}\` on ${
     new Date().toISOString().replace(/\.\d+Z$/, "Z")
-  }: the data and measurements of bench/sql_scale.ts (1,000 live servers, 20 dead ones, 1% connecting), as migrated (the migrations in this checkout) and after applying [bench/fixtures/proposed_fix.sql](../fixtures/proposed_fix.sql) to a scratch database, in one run per size. Median (min–max); idle n=15, claim with nothing to take n=50, orphaned and bulk n=5 (rolled back), claim runs n=3, health n=3. Wall clock at the client.`,
+  }: the data and measurements of bench/sql_scale.ts (1,000 live servers, 20 dead ones, 1% connecting), as migrated (the migrations in this checkout) and after applying [bench/fixtures/proposed_fix.sql](../fixtures/proposed_fix.sql) to a scratch database, in one run per size, measured in alternating blocks (as migrated, fix, as migrated, fix; the table vacuumed before each) so that drift on this shared machine hits both alike. Median (min–max) over both blocks of a variant: idle n=16, claim with nothing to take n=50, orphaned and bulk n=6 (rolled back), claim runs n=4, health n=2 (block medians). Wall clock at the client; "gain" is how many times faster (claims: more per second).`,
   "",
-  "| devices | figure | as migrated | with the fix | speed-up |",
+  "| devices | figure | as migrated | with the fix | gain |",
   "|---:|---|---:|---:|---:|",
   ...rows,
   "",

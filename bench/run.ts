@@ -120,7 +120,9 @@ await Deno.writeTextFile(`${outDir}/REPORT.md`, markdown);
 for (const [name, svg] of Object.entries(charts)) {
   await Deno.writeTextFile(`${outDir}/${name}`, svg);
 }
-await Deno.writeTextFile(`${outDir}/results.json`, JSON.stringify(results, null, 2) + "\n");
+// The raw figures, for re-rendering or comparing runs (bench/results/raw/ is not committed).
+await Deno.mkdir(`${outDir}/raw`, { recursive: true });
+await Deno.writeTextFile(`${outDir}/raw/results.json`, JSON.stringify(results, null, 2) + "\n");
 log(`wrote ${outDir}/REPORT.md`);
 
 // The smoke run is a test: it fails on wrong behaviour, not on slow figures.

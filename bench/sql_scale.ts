@@ -239,7 +239,7 @@ export async function measureIdle(sql: Sql, reps: number) {
     reported.push(Number(r.duration_ms));
     if (needsWork(r) > 0) notIdle++;
   }
-  return { wall: summarize(wall), reported: summarize(reported), notIdle };
+  return { wall: summarize(wall), raw: wall, reported: summarize(reported), notIdle };
 }
 
 export async function measureOrphaned(sql: Sql, k: number, reps: number) {
@@ -254,7 +254,7 @@ export async function measureOrphaned(sql: Sql, k: number, reps: number) {
     wall.push(ms);
     moved = Number(r.orphaned_reassigned);
   }
-  return { wall: summarize(wall), moved };
+  return { wall: summarize(wall), raw: wall, moved };
 }
 
 export async function measureBulk(sql: Sql, k: number, reps: number) {
@@ -272,7 +272,7 @@ export async function measureBulk(sql: Sql, k: number, reps: number) {
     wall.push(ms);
     moved = count;
   }
-  return { wall: summarize(wall), moved };
+  return { wall: summarize(wall), raw: wall, moved };
 }
 
 /**
