@@ -100,7 +100,7 @@ export function logLogChart(
   const width = 760;
   const height = 360;
   const left = 70;
-  const right = 20;
+  const right = 45;
   const top = 40;
   const bottom = 70;
   const plotW = width - left - right;
