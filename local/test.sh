@@ -90,6 +90,10 @@ export SUPABASE_DB_URL="${SUPABASE_DB_URL:-$(local/db.sh url)}"
 gate "deno fmt --check" deno fmt --check
 gate "deno lint" deno lint
 deno_suite "deno tests" -A --no-check=remote tests/
+# A smoke run of the benchmarks: fails on wrong behaviour (an error, a double
+# claim, more than one RPC per request, a device never recovered), never on a
+# slow figure; figures go to test-results/bench/.
+gate "bench smoke (bench/run.ts --quick)" deno run -A bench/run.ts --quick
 
 echo
 if [ "${#failures[@]}" -gt 0 ]; then printf 'failed: %s\n' "${failures[@]}"; fi

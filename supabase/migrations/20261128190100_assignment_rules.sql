@@ -49,6 +49,35 @@ from public.backend_servers s
 join public.devices d on d.assigned_server_id = s.id and d.status = 'connecting'
 where not exists (select from device_assignment.live_servers l where l.id = s.id);
 
+-- The same rule, enumerated: every orphaned device's id, each half reached
+-- through its own index, so finding none reads no device. (The planner, left
+-- to itself with the view, guesses a third of the servers are not live and
+-- hash-joins every connecting device; OFFSET 0 keeps the per-server probe.)
+-- 05_operator_api.test.sql checks that it and the view always agree.
+create or replace function device_assignment.orphaned_device_ids()
+returns setof uuid
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  return query
+    select d.id
+    from public.devices d
+    where d.status = 'connecting' and d.assigned_server_id is null
+    union all
+    select x.id
+    from public.backend_servers s
+    cross join lateral (
+      select d.id
+      from public.devices d
+      where d.assigned_server_id = s.id and d.status = 'connecting'
+      offset 0
+    ) x
+    where not exists (select from device_assignment.live_servers l where l.id = s.id);
+end;
+$$;
+
 -- A device is stale when it is connecting on a live server that has produced no
 -- fresh QR for longer than the grace period since assignment or its last QR.
 create or replace view device_assignment.stale_devices as

@@ -131,9 +131,9 @@ begin
     select coalesce(v_locked, '{}') || array_agg(t.id) into v_locked
     from (
       select d.id
-      from public.backend_servers s
-      join public.devices d on d.assigned_server_id = s.id and d.status = 'connecting'
-      where not exists (select from device_assignment.live_servers l where l.id = s.id)
+      from public.devices d
+      where d.id = any(array(select device_assignment.orphaned_device_ids()))
+        and d.assigned_server_id is not null
       order by d.connecting_since nulls first, d.id
       limit v_room - coalesce(cardinality(v_locked), 0)
       for update of d skip locked

@@ -52,7 +52,7 @@ begin
     end if;
   else
     if p_scope = 'inactive' then
-      select array_agg(o.id) into v_ids from device_assignment.orphaned_devices o;
+      select array_agg(o.id) into v_ids from device_assignment.orphaned_device_ids() o(id);
     else
       select array_agg(d.id) into v_ids from public.devices d where d.status = 'connecting';
     end if;
@@ -122,7 +122,7 @@ begin
 
   select array_agg(c.id) into v_candidates
   from (
-    select o.id from device_assignment.orphaned_devices o
+    select o.id from device_assignment.orphaned_device_ids() o(id)
     union
     select s.id from device_assignment.stale_devices s
   ) c;
@@ -238,7 +238,7 @@ begin
              group by d.assigned_server_id, d.status) t
       left join public.backend_servers s on s.id = t.assigned_server_id
     ),
-    'orphaned', (select count(*) from device_assignment.orphaned_devices),
+    'orphaned', (select count(*) from device_assignment.orphaned_device_ids()),
     'stale', (select count(*) from device_assignment.stale_devices),
     'live_servers', (select count(*) from device_assignment.live_servers),
     'cron_jobs', v_cron

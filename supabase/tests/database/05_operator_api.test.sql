@@ -2,7 +2,7 @@
 -- assignment_health(), and the audit purge.
 begin;
 \ir reset_fleet.psql
-select plan(30);
+select plan(32);
 
 insert into auth.users (id, email) values ('a0000000-0000-4000-8000-000000000001', 'owner-a@example.com');
 insert into public.backend_servers (id, server_name, is_active, is_healthy, current_load, max_capacity, last_health_ping) values
@@ -23,6 +23,10 @@ select ('d0000000-0000-4000-8000-' || lpad(n::text, 12, '0'))::uuid,
        case when n in (21, 22) then now() - interval '5 minutes' else now() end
 from generate_series(1, 24) n;
 
+update public.devices set assigned_server_id = null where id = 'd0000000-0000-4000-8000-000000000020';
+select set_eq('select id from device_assignment.orphaned_devices',
+  'select * from device_assignment.orphaned_device_ids()',
+  'the orphan enumeration and the orphan rule agree (dead, unhealthy and no server)');
 create temporary table before_dry_run as select * from public.devices;
 
 select is(public.reassign_devices('inactive', null, true) ->> 'count', '20',
@@ -100,6 +104,10 @@ select is((select max(reassign_count) from public.devices where status = 'connec
   'releasing a device does not count as a reassignment');
 select throws_ok($$select public.reassign_devices('inactive')$$, 'PT503', 'no_active_servers',
   'reset-inactive with no live server says so');
+
+select set_eq('select id from device_assignment.orphaned_devices',
+  'select * from device_assignment.orphaned_device_ids()',
+  'they still agree with every server silent');
 
 -- assignment_health answers the whole checklist.
 select is(
