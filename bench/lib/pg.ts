@@ -91,7 +91,8 @@ export async function createBenchDatabase(name: string): Promise<string> {
     "db",
     "push",
     "--db-url",
-    databaseUrl(name),
+    // The CLI treats any port but the config's 54322 as remote, and then wants TLS.
+    PORT === "54322" ? databaseUrl(name) : `${databaseUrl(name)}?sslmode=disable`,
     "--yes",
   ]);
   return databaseUrl(name);
