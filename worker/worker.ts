@@ -182,7 +182,9 @@ export class BackendWorker {
       const beat = await this.backend.heartbeat({
         serverName: this.config.serverName,
         currentLoad: this.#sessions.size,
-        maxCapacity: this.config.maxCapacity,
+        // We never work on more than claimLimit devices at once; saying so
+        // keeps the database from assigning us devices we would leave waiting.
+        maxCapacity: this.config.maxCapacity ?? this.config.claimLimit,
         metadata: this.config.metadata,
       });
       if (this.#serverId !== null && beat.serverId !== this.#serverId) {

@@ -43,7 +43,11 @@ begin
   on conflict (server_name) do update
     set is_active = true,
         is_healthy = true,
-        current_load = excluded.current_load,
+        -- Devices assigned to it since its last claim are not in its own count
+        -- yet; the database's count of its connecting devices is a floor.
+        current_load = greatest(excluded.current_load, (
+          select count(*)::integer from public.devices d
+          where d.assigned_server_id = s.id and d.status = 'connecting')),
         max_capacity = excluded.max_capacity,
         last_health_ping = excluded.last_health_ping,
         metadata = excluded.metadata,

@@ -1,7 +1,7 @@
 -- The backend-server API: heartbeat lease, claims, and fencing by epoch.
 begin;
 \ir reset_fleet.psql
-select plan(26);
+select plan(27);
 
 insert into auth.users (id, email) values ('a0000000-0000-4000-8000-000000000001', 'owner-a@example.com');
 
@@ -59,6 +59,10 @@ select is(
 select is(
   (select count(*)::int from public.device_assignment_events where reason = 'claimed'), 6,
   'every claim is audited');
+select is(
+  (public.server_heartbeat('worker-2', 0, null, '{}') ->> 'server_id')::uuid is not null
+   and (select current_load from public.backend_servers where server_name = 'worker-2') = 5,
+  true, 'a heartbeat never reports less load than the connecting devices the server holds');
 select throws_ok(
   $$select * from public.claim_devices('5e000000-0000-4000-8000-0000000000de', 10)$$,
   'PT409', 'server_not_live', 'a server whose lease lapsed cannot claim');
