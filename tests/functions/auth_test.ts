@@ -154,3 +154,18 @@ Deno.test("no secret key configured is the function's misconfiguration, not the 
   assert.equal(error.code, "server_misconfigured");
   assert.equal(error.status, 500);
 });
+
+Deno.test("a refused credential's hint tells the caller what to send, not how to configure the function", async () => {
+  const cases: Record<string, string>[] = [
+    { apikey: PUBLISHABLE, authorization: "Basic dXNlcjpwYXNz" },
+    { apikey: PUBLISHABLE, authorization: `Bearer ${PUBLISHABLE}` },
+    { apikey: PUBLISHABLE },
+  ];
+  for (const headers of cases) {
+    const error = await rejection(usersAndOperators(req(headers)));
+    assert.equal(error.code, "unauthorized");
+    const hint = String((error.details as { hint?: string }).hint);
+    assert.doesNotMatch(hint, /`auth`/, `hint addressed to the function's author: ${hint}`);
+    assert.match(hint, /Authorization: Bearer/);
+  }
+});

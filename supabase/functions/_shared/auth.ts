@@ -50,7 +50,7 @@ export function supabaseAuth(options: AuthOptions): Authenticate {
       env: options.env,
       cors: "disabled",
     });
-    if (error) throw authFailure(error);
+    if (error) throw authFailure(error, options.operators);
 
     if (ctx.authMode === "user" && ctx.userClaims) {
       // Devices belong to Supabase Auth users, whose ids are UUIDs. A token
@@ -78,9 +78,21 @@ interface ServerError {
   hint?: string;
 }
 
-/** @supabase/server errors carry no secret material (its docs promise it), so their hint is passed on. */
-function authFailure(error: ServerError): ApiError {
-  const details = { reason: error.code, hint: error.hint ?? null };
+/** What a caller of these endpoints can actually do about a refused credential. */
+function callerHint(operators: boolean): string {
+  const user =
+    "Send the signed-in user's access token as `Authorization: Bearer <token>`, with the publishable key in `apikey`";
+  return operators ? `${user}; operators send the secret key in \`apikey\`.` : `${user}.`;
+}
+
+/**
+ * @supabase/server errors carry no secret material (its docs promise it), so
+ * their hint is passed on, except a hint addressed to the function's author
+ * ("add … to `auth`"), which the caller cannot act on.
+ */
+function authFailure(error: ServerError, operators: boolean): ApiError {
+  const hint = error.hint && !error.hint.includes("`auth`") ? error.hint : callerHint(operators);
+  const details = { reason: error.code, hint };
   if (error.code === "JWKS_FETCH_FAILED") {
     return new ApiError(
       "database_unavailable",
