@@ -54,6 +54,26 @@ where not exists (select from device_assignment.live_servers l where l.id = s.id
 -- to itself with the view, guesses a third of the servers are not live and
 -- hash-joins every connecting device; OFFSET 0 keeps the per-server probe.)
 -- 05_operator_api.test.sql checks that it and the view always agree.
+create or replace function device_assignment.connecting_on_non_live_servers()
+returns setof uuid
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  return query
+    select x.id
+    from public.backend_servers s
+    cross join lateral (
+      select d.id
+      from public.devices d
+      where d.assigned_server_id = s.id and d.status = 'connecting'
+      offset 0
+    ) x
+    where not exists (select from device_assignment.live_servers l where l.id = s.id);
+end;
+$$;
+
 create or replace function device_assignment.orphaned_device_ids()
 returns setof uuid
 language plpgsql
@@ -66,15 +86,7 @@ begin
     from public.devices d
     where d.status = 'connecting' and d.assigned_server_id is null
     union all
-    select x.id
-    from public.backend_servers s
-    cross join lateral (
-      select d.id
-      from public.devices d
-      where d.assigned_server_id = s.id and d.status = 'connecting'
-      offset 0
-    ) x
-    where not exists (select from device_assignment.live_servers l where l.id = s.id);
+    select device_assignment.connecting_on_non_live_servers();
 end;
 $$;
 

@@ -136,8 +136,7 @@ begin
     from (
       select d.id
       from public.devices d
-      where d.id = any(array(select device_assignment.orphaned_device_ids()))
-        and d.assigned_server_id is not null
+      where d.id = any(array(select device_assignment.connecting_on_non_live_servers()))
       order by d.connecting_since nulls first, d.id
       limit v_room - coalesce(cardinality(v_locked), 0)
       for update of d skip locked

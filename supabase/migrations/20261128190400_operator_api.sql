@@ -43,12 +43,11 @@ begin
         into v_moves
       from device_assignment.assign_devices(array[p_device_id], 'operator', 'operator', true, true) a;
     else
-      perform device_assignment.restart_pairing(v_device, 'operator', 'operator', false);
-      select jsonb_agg(jsonb_build_object('id', e.device_id, 'from', e.from_server_id,
-                                          'to', e.to_server_id))
+      select jsonb_build_array(jsonb_build_object('id', r ->> 'device_id',
+                                                  'from', r -> 'from_server',
+                                                  'to', r -> 'to_server'))
         into v_moves
-      from (select * from public.device_assignment_events e
-             where e.device_id = p_device_id order by e.id desc limit 1) e;
+      from device_assignment.restart_pairing(v_device, 'operator', 'operator', false) r;
     end if;
   else
     if p_scope = 'inactive' then
