@@ -6,6 +6,7 @@
  * Functions come from a temporary functions directory and config.toml whose
  * entrypoints point at the real sources, so nothing is copied.
  */
+import { spawnGateway } from "../../local/gateway/spawn.ts";
 import { REPO } from "./pg.ts";
 
 export interface BenchGateway {
@@ -73,51 +74,23 @@ export async function startBenchGateway(dbUrl: string): Promise<BenchGateway> {
   }
   await Deno.writeTextFile(`${root}/config.toml`, toml.join("\n"));
   const requestLog = `${root}/requests.log`;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-all",
-      "--quiet",
-      "--unstable-no-legacy-abort",
-      `${REPO}/local/gateway/main.ts`,
-    ],
-    cwd: REPO,
-    env: {
-      GATEWAY_PORT: "0",
-      GATEWAY_STATE_DIR: await stateDir(),
-      GATEWAY_ENV_FILE: "",
-      GATEWAY_PREWARM: "0",
-      GATEWAY_WATCH: "0",
-      GATEWAY_REQUEST_LOG: requestLog,
-      SUPABASE_DB_URL: dbUrl,
-      FUNCTIONS_DIR: `${root}/functions`,
-      FUNCTIONS_CONFIG: `${root}/config.toml`,
-    },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  running.add(child);
-  stopOnSignals();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let output = "";
-  let url: string | null = null;
-  while (url === null) {
-    const { value, done } = await reader.read();
-    if (done) {
-      const err = await new Response(child.stderr).text();
-      throw new Error(`bench gateway exited before listening:\n${output}\n${err}`);
-    }
-    output += value;
-    url = /gateway listening on (\S+)/.exec(output)?.[1] ?? null;
-  }
-  const drained = (async () => {
-    while (!(await reader.read()).done) { /* discard */ }
-  })();
-  const stderrDrained = child.stderr.pipeTo(new WritableStream());
+  const gateway = await spawnGateway({
+    GATEWAY_STATE_DIR: await stateDir(),
+    GATEWAY_ENV_FILE: "",
+    GATEWAY_PREWARM: "0",
+    GATEWAY_WATCH: "0",
+    GATEWAY_REQUEST_LOG: requestLog,
+    SUPABASE_DB_URL: dbUrl,
+    FUNCTIONS_DIR: `${root}/functions`,
+    FUNCTIONS_CONFIG: `${root}/config.toml`,
+  }, (child) => {
+    running.add(child);
+    stopOnSignals();
+  });
+  const child = gateway.child;
 
   return {
-    url,
+    url: gateway.url,
     pid: child.pid,
     async functionPids() {
       const { stdout } = await new Deno.Command("ps", {
@@ -134,12 +107,8 @@ export async function startBenchGateway(dbUrl: string): Promise<BenchGateway> {
       return pids;
     },
     async stop() {
-      try {
-        child.kill("SIGTERM");
-      } catch { /* gone */ }
-      await child.status;
+      await gateway.stop();
       running.delete(child);
-      await Promise.allSettled([drained, stderrDrained]);
       await Deno.remove(root, { recursive: true }).catch(() => {});
     },
   };

@@ -4,6 +4,8 @@
  * shares the local database (started if need be) and the signing key with the
  * stack on :54321, which it leaves alone.
  */
+import { spawnGateway } from "../../local/gateway/spawn.ts";
+
 const REPO = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 export const FIXTURES = `${REPO}/tests/gateway/fixtures/supabase`;
 
@@ -30,53 +32,23 @@ export async function startGateway(env: Record<string, string> = {}): Promise<Ga
   const dbUrl = await run("local/db.sh", "url");
   const stateDir = await run("local/db.sh", "state-dir");
   const requestLog = await Deno.makeTempFile({ prefix: "gateway-requests-", suffix: ".log" });
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-all",
-      "--quiet",
-      "--unstable-no-legacy-abort",
-      `${REPO}/local/gateway/main.ts`,
-    ],
-    cwd: REPO,
-    env: {
-      GATEWAY_PORT: "0",
-      GATEWAY_STATE_DIR: stateDir,
-      GATEWAY_ENV_FILE: "",
-      GATEWAY_PREWARM: "0",
-      GATEWAY_REQUEST_LOG: requestLog,
-      SUPABASE_DB_URL: dbUrl,
-      FUNCTIONS_DIR: `${FIXTURES}/functions`,
-      ...env,
-    },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-
-  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let output = "";
-  let url: string | null = null;
-  while (url === null) {
-    const { value, done } = await lines.read();
-    if (done) throw new Error(`gateway exited before listening:\n${output}`);
-    output += value;
-    url = /gateway listening on (\S+)/.exec(output)?.[1] ?? null;
-  }
-  // Keep reading so the gateway never blocks on a full pipe.
-  const drained = (async () => {
-    while (!(await lines.read()).done) { /* discard */ }
-  })();
+  const gateway = await spawnGateway({
+    GATEWAY_STATE_DIR: stateDir,
+    GATEWAY_ENV_FILE: "",
+    GATEWAY_PREWARM: "0",
+    GATEWAY_REQUEST_LOG: requestLog,
+    SUPABASE_DB_URL: dbUrl,
+    FUNCTIONS_DIR: `${FIXTURES}/functions`,
+    ...env,
+  });
 
   return {
-    url,
+    url: gateway.url,
     dbUrl,
     stateDir,
     requestLog,
     async stop() {
-      child.kill("SIGTERM");
-      await child.status;
-      await drained;
+      await gateway.stop();
       await Deno.remove(requestLog);
     },
   };
