@@ -155,6 +155,19 @@ function bump(counts: Record<string, number>, key: string, by = 1): void {
 }
 
 /** What the functions and the Data API answer, as far as the run reads it. */
+/** One device as a database snapshot sees it, with the invariants' inputs. */
+interface SnapshotRow {
+  id: string;
+  user_id: string;
+  device_name: string;
+  status: string;
+  assignment_epoch: string;
+  stale_probe: boolean;
+  orphaned: boolean;
+  room: boolean;
+  at: Date;
+}
+
 interface AnswerBody {
   status?: string;
   message?: string;
@@ -299,17 +312,7 @@ async function chaosOn(
     const violatedOrphans = new Set<string>();
     const staleLanded = new Set<string>();
     const checkSnapshot = (
-      rows: {
-        id: string;
-        user_id: string;
-        device_name: string;
-        status: string;
-        assignment_epoch: string;
-        stale_probe: boolean;
-        orphaned: boolean;
-        room: boolean;
-        at: Date;
-      }[],
+      rows: SnapshotRow[],
     ): void => {
       const seen = new Set(rows.map((r) => r.id));
       for (const id of allDeviceIds) {
@@ -359,17 +362,7 @@ async function chaosOn(
 
     const snapshotLoop = (async () => {
       while (!stop.signal.aborted) {
-        const rows = await db<{
-          id: string;
-          user_id: string;
-          device_name: string;
-          status: string;
-          assignment_epoch: string;
-          stale_probe: boolean;
-          orphaned: boolean;
-          room: boolean;
-          at: Date;
-        }[]>`
+        const rows = await db<SnapshotRow[]>`
           with room as (
             select exists (
               select from device_assignment.live_servers l
