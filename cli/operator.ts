@@ -189,7 +189,13 @@ interface Reassigned {
   dry_run: boolean;
   count: number;
   devices: { id: string; from: string | null; to: string | null }[];
+  /** Set on a dry run that found nothing to move the devices to, e.g. `no_active_servers`. */
+  reason?: string;
 }
+
+const REASONS: Record<string, string> = {
+  no_active_servers: "no server is live to take them now; a real run would answer 503",
+};
 
 export function formatReassign(result: Reassigned): string {
   const verb = result.dry_run ? "would reassign" : "reassigned";
@@ -198,6 +204,7 @@ export function formatReassign(result: Reassigned): string {
       result.count === 1 ? "" : "s"
     } (scope ${result.scope})`,
   ];
+  if (result.reason) lines.push(`reason: ${REASONS[result.reason] ?? result.reason}`);
   if (result.devices.length > 0) {
     lines.push("");
     lines.push(table(

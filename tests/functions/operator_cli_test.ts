@@ -215,3 +215,22 @@ Deno.test(".env.local parsing handles comments, quotes and export", () => {
     { A: "1", B: "two", C: "three", D: "a=b" },
   );
 });
+
+Deno.test("a dry run with no live server prints its plan and why nothing would move now", async () => {
+  const { cli, out } = io({
+    env: ENV,
+    answer: () =>
+      Response.json({
+        scope: "inactive",
+        dry_run: true,
+        count: 1,
+        devices: [{ id: DEVICE_ID, from: "5e000000-0000-4000-8000-000000000003", to: null }],
+        reason: "no_active_servers",
+      }),
+  });
+  assert.equal(await run(["reset-inactive", "--dry-run"], cli), 0);
+  const printed = out.join("\n");
+  assert.match(printed, /DRY RUN: would reassign 1 device/);
+  assert.match(printed, /no server is live/);
+  assert.match(printed, new RegExp(DEVICE_ID));
+});

@@ -2,7 +2,7 @@
 -- assignment_health(), and the audit purge.
 begin;
 \ir reset_fleet.psql
-select plan(32);
+select plan(36);
 
 insert into auth.users (id, email) values ('a0000000-0000-4000-8000-000000000001', 'owner-a@example.com');
 insert into public.backend_servers (id, server_name, is_active, is_healthy, current_load, max_capacity, last_health_ping) values
@@ -104,6 +104,19 @@ select is((select max(reassign_count) from public.devices where status = 'connec
   'releasing a device does not count as a reassignment');
 select throws_ok($$select public.reassign_devices('inactive')$$, 'PT503', 'no_active_servers',
   'reset-inactive with no live server says so');
+create temporary table before_plan as select * from public.devices;
+select is(public.reassign_devices('inactive', null, true) ->> 'reason', 'no_active_servers',
+  'a dry run of reset-inactive with no live server answers its plan and says why nothing would move now');
+select is(
+  (select count(*)::int from jsonb_array_elements(public.reassign_devices('inactive', null, true) -> 'devices') e
+    where e -> 'to' = 'null'::jsonb and e ? 'from'),
+  22, 'the plan lists every orphan, each with to: null');
+select is(public.reassign_devices('device', 'd0000000-0000-4000-8000-000000000024', true) #>> '{devices,0,id}',
+  'd0000000-0000-4000-8000-000000000024', 'a dry run of reset-device with no live server still names the device');
+select is(
+  (select count(*)::int from public.devices d join before_plan b using (id)
+    where row(d.*) is distinct from row(b.*)),
+  0, 'and those dry runs change nothing');
 
 select set_eq('select id from device_assignment.orphaned_devices',
   'select * from device_assignment.orphaned_device_ids()',
