@@ -5,7 +5,7 @@
  * forgotten on an error path.
  */
 
-/** Every error code a caller can receive, with its HTTP status (CONTRACT.md error table). */
+/** Every error code a caller can receive, with its HTTP status (the error table in ../README.md). */
 export const ERROR_STATUS = {
   invalid_request: 400,
   unauthorized: 401,
@@ -17,8 +17,8 @@ export const ERROR_STATUS = {
   cooldown: 429,
   no_active_servers: 503,
   database_unavailable: 503,
-  // Not in the contract's table: the function itself is misconfigured or hit a
-  // bug. Answered without a stack or any upstream text.
+  // Not the caller's fault: the function itself is misconfigured or hit a bug.
+  // Answered without a stack or any upstream text.
   server_misconfigured: 500,
   internal_error: 500,
 } as const;
