@@ -74,6 +74,9 @@ gate "legacy database upgrades in place" local/legacy-upgrade.sh
 gate "supabase db lint (warning)" supabase db lint --db-url "$DB_URL" --level warning \
   --schema public,device_assignment --fail-on warning
 gate "supabase db advisors (warn)" supabase db advisors --db-url "$DB_URL" --fail-on warn
+gate "splinter lints (no WARN/ERROR), fresh database" deno run -A local/splinter/run.ts "$(local/db.sh url)"
+gate "splinter lints (no WARN/ERROR), upgraded legacy database" \
+  deno run -A local/splinter/run.ts "$(local/db.sh url legacy_upgrade)"
 
 tap "pgTAP supabase/tests/database" -h 127.0.0.1 -p "$DB_PORT" -U postgres -d postgres \
   --ext .sql supabase/tests/database/

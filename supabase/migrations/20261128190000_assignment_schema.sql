@@ -15,23 +15,6 @@ create table if not exists public.backend_servers (
   id uuid primary key default gen_random_uuid()
 );
 
-alter table public.backend_servers
-  add column if not exists server_name text,
-  add column if not exists is_active boolean not null default true,
-  add column if not exists is_healthy boolean not null default true,
-  add column if not exists current_load integer not null default 0,
-  add column if not exists max_capacity integer,
-  add column if not exists last_health_ping timestamptz,
-  add column if not exists metadata jsonb not null default '{}'::jsonb,
-  add column if not exists created_at timestamptz not null default now(),
-  add column if not exists updated_at timestamptz not null default now();
-
--- Legacy rows may lack a name; give them one they can be told apart by.
-update public.backend_servers set server_name = 'legacy-' || id where server_name is null;
-alter table public.backend_servers alter column server_name set not null;
-create unique index if not exists backend_servers_server_name_key
-  on public.backend_servers (server_name);
-
 -- devices --------------------------------------------------------------------
 
 create table if not exists public.devices (
@@ -39,22 +22,98 @@ create table if not exists public.devices (
   user_id uuid not null references auth.users (id) on delete cascade
 );
 
-alter table public.devices
-  add column if not exists user_id uuid,
-  add column if not exists device_name text,
-  add column if not exists status text not null default 'disconnected',
-  add column if not exists qr_code text,
-  add column if not exists qr_updated_at timestamptz,
-  add column if not exists qr_expires_at timestamptz,
-  add column if not exists assigned_server_id uuid,
-  add column if not exists assignment_epoch bigint not null default 0,
-  add column if not exists assigned_at timestamptz,
-  add column if not exists connecting_since timestamptz,
-  add column if not exists last_reassigned_at timestamptz,
-  add column if not exists reassign_count integer not null default 0,
-  add column if not exists last_error text,
-  add column if not exists created_at timestamptz not null default now(),
-  add column if not exists updated_at timestamptz not null default now();
+-- The columns of both tables, the one list of them. A missing column is added.
+-- A column the project already had keeps its values but is brought to this
+-- contract (a nullable reassign_count with nulls would keep an orphaned device
+-- from ever being healed): its type is converted only where the conversion
+-- keeps every value (else the push stops with a clear error), nulls of a
+-- not-null column get our default, and our default is set only where the
+-- project had none (its own may be what its application relies on). This runs
+-- before the rules' views (`select d.*`) pin the column types.
+do $$
+declare
+  c record;
+  v_type regtype;
+  v_notnull boolean;
+  v_default text;
+begin
+  for c in
+    select * from (values
+      ('backend_servers', 'server_name', 'text'::regtype, false, null),
+      ('backend_servers', 'is_active', 'boolean', true, 'true'),
+      ('backend_servers', 'is_healthy', 'boolean', true, 'true'),
+      ('backend_servers', 'current_load', 'integer', true, '0'),
+      ('backend_servers', 'max_capacity', 'integer', false, null),
+      ('backend_servers', 'last_health_ping', 'timestamptz', false, null),
+      ('backend_servers', 'metadata', 'jsonb', true, '''{}''::jsonb'),
+      ('backend_servers', 'created_at', 'timestamptz', true, 'now()'),
+      ('backend_servers', 'updated_at', 'timestamptz', true, 'now()'),
+      ('devices', 'user_id', 'uuid', false, null),
+      ('devices', 'device_name', 'text', false, null),
+      ('devices', 'status', 'text', true, '''disconnected''::text'),
+      ('devices', 'qr_code', 'text', false, null),
+      ('devices', 'qr_updated_at', 'timestamptz', false, null),
+      ('devices', 'qr_expires_at', 'timestamptz', false, null),
+      ('devices', 'assigned_server_id', 'uuid', false, null),
+      ('devices', 'assignment_epoch', 'bigint', true, '0'),
+      ('devices', 'assigned_at', 'timestamptz', false, null),
+      ('devices', 'connecting_since', 'timestamptz', false, null),
+      ('devices', 'last_reassigned_at', 'timestamptz', false, null),
+      ('devices', 'reassign_count', 'integer', true, '0'),
+      ('devices', 'last_error', 'text', false, null),
+      ('devices', 'created_at', 'timestamptz', true, 'now()'),
+      ('devices', 'updated_at', 'timestamptz', true, 'now()')
+    ) as contract(table_name, column_name, column_type, not_null, default_sql)
+  loop
+    select a.atttypid::regtype, a.attnotnull, pg_get_expr(d.adbin, d.adrelid)
+      into v_type, v_notnull, v_default
+    from pg_attribute a
+    left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+    where a.attrelid = format('public.%I', c.table_name)::regclass
+      and a.attname = c.column_name and not a.attisdropped;
+
+    if not found then
+      execute format('alter table public.%I add column %I %s %s %s', c.table_name, c.column_name,
+        c.column_type, case when c.not_null then 'not null' else '' end,
+        coalesce('default ' || c.default_sql, ''));
+      continue;
+    end if;
+
+    if v_type <> c.column_type then
+      if (v_type::text, c.column_type::text) not in (
+           ('json', 'jsonb'), ('character varying', 'text'),
+           ('smallint', 'integer'), ('smallint', 'bigint'), ('integer', 'bigint')) then
+        raise exception 'public.%.% is %, the bundle needs %', c.table_name, c.column_name,
+          v_type, c.column_type
+          using hint = 'Convert the column yourself (no lossless conversion is known), then push again.';
+      end if;
+      -- The old default is of the old type; ours replaces it below.
+      execute format('alter table public.%I alter column %I drop default, alter column %I type %s using %I::%s',
+        c.table_name, c.column_name, c.column_name, c.column_type, c.column_name, c.column_type);
+      v_default := null;
+    end if;
+
+    if c.default_sql is not null and v_default is null then
+      execute format('alter table public.%I alter column %I set default %s',
+        c.table_name, c.column_name, c.default_sql);
+    end if;
+
+    if c.not_null and not v_notnull then
+      execute format('update public.%I set %I = %s where %I is null',
+        c.table_name, c.column_name, c.default_sql, c.column_name);
+      execute format('alter table public.%I alter column %I set not null', c.table_name, c.column_name);
+    end if;
+  end loop;
+end
+$$;
+
+-- Legacy rows may lack a name; give them one they can be told apart by.
+update public.backend_servers set server_name = 'legacy-' || id where server_name is null;
+alter table public.backend_servers alter column server_name set not null;
+create unique index if not exists backend_servers_server_name_key
+  on public.backend_servers (server_name);
+
+
 
 -- A legacy `assigned_server_id` may point at a server that no longer exists.
 -- Such a reference names nobody, so it is cleared: the device is then plainly

@@ -62,8 +62,9 @@ set local role service_role;
 select ok((select count(*) from public.devices) >= 2, 'service_role reads every device');
 reset role;
 
-select policies_are('public', 'devices', array['owners read their devices'],
-  'devices has exactly the owner-read policy');
+select policies_are('public', 'devices',
+  array['owners read their devices', 'devices reach only their owner'],
+  'devices has exactly the owner-read policy and the restrictive owner guard');
 
 select * from finish();
 rollback;
