@@ -152,11 +152,34 @@ export const PGRST = {
     details: null,
     hint: "Only the following schemas are exposed: public",
   }],
+  unacceptableMediaType: (types: string[]): [number, PostgrestErrorBody] => [406, {
+    code: "PGRST107",
+    message: `None of these media types are available: ${types.join(", ")}`,
+    details: null,
+    hint: null,
+  }],
+  invalidPreferences: (preferences: string[]): [number, PostgrestErrorBody] => [400, {
+    code: "PGRST122",
+    message: "Invalid preferences given with handling=strict",
+    details: `Invalid preferences: ${preferences.join(", ")}`,
+    hint: null,
+  }],
+  /**
+   * PostgREST's NotImplemented error, for what PostgREST does but this gateway
+   * does not: the platform would answer differently, so nothing is ignored.
+   */
+  notImplemented: (feature: string): [number, PostgrestErrorBody] => [400, {
+    code: "PGRST127",
+    message: "Feature not implemented",
+    details: `${feature} is not implemented by the local gateway`,
+    hint:
+      "The local gateway implements POST /rest/v1/rpc/<function> with a JSON object of named arguments (and GET with arguments in the query string), answering JSON.",
+  }],
   invalidPath: (): [number, PostgrestErrorBody] => [404, {
     code: "PGRST125",
     message: "Invalid path specified in request URL",
     details: null,
-    hint: "This local gateway serves only POST /rest/v1/rpc/<function> of PostgREST.",
+    hint: "This local gateway serves only /rest/v1/rpc/<function> of PostgREST.",
   }],
   noRpc: (name: string, keys: string[]): [number, PostgrestErrorBody] => {
     const func = `public.${name}`;

@@ -1,13 +1,23 @@
 /**
- * `POST /rest/v1/rpc/<function>` with PostgREST's semantics, and nothing else
- * of PostgREST.
+ * `/rest/v1/rpc/<function>` with PostgREST's semantics, and nothing else of
+ * PostgREST. What the request may ask for is checked in ./rpc_request.ts.
  *
- * Like PostgREST, one transaction per request: the role and the request GUCs
- * (`request.jwt.claims`, `request.method`, `request.path`, `request.headers`)
- * are set transaction-locally, the impersonated role's own settings (e.g. its
- * `statement_timeout`) are applied, and the named JSON arguments are typed by
- * the function's declared parameter types through `json_to_record`, so no
- * client value is ever spliced into SQL. Identifiers come from pg_catalog.
+ * Like PostgREST, one transaction per request (src/library/PostgREST/MainTx.hs):
+ * read-only when the method is GET or the function is STABLE or IMMUTABLE
+ * (Plan.hs, `callReadPlan`), so a function marked STABLE that writes fails
+ * with 25006 as it does on the platform. Before the call, in PostgREST's order
+ * (Query/PreQuery.hs, `txVarQuery`), everything is set transaction-locally with
+ * `set_config(…, true)`: search_path, the impersonated role's own settings
+ * (e.g. anon's 3 s statement_timeout), the role, the request GUCs
+ * (`request.jwt.claims`, `request.method`, `request.path`, `request.headers`,
+ * `request.cookies`) and the function's hoisted settings (its own
+ * `set statement_timeout`). The session settings of the login role
+ * (authenticator's 8 s statement and lock timeouts) stay underneath, which is
+ * how service_role, with no settings of its own, gets 8 s.
+ *
+ * Named JSON arguments are typed by the function's declared parameter types
+ * through `json_to_record`, so no client value is ever spliced into SQL.
+ * Identifiers come from pg_catalog.
  */
 import type { Sql } from "postgres";
 import type { Credential } from "./credentials.ts";
@@ -18,18 +28,20 @@ import {
   PGRST,
   type PostgrestErrorBody,
 } from "./postgrest_errors.ts";
+import { EXPOSED_SCHEMA, isRefusal, readRpcRequest } from "./rpc_request.ts";
 
-const EXPOSED_SCHEMA = "public";
 const SEARCH_PATH = "public, extensions";
 const ANON_ROLE = "anon";
-/** Role settings PostgREST (v12+) applies when it impersonates a role. */
-const ROLE_SETTINGS = new Set([
-  "statement_timeout",
-  "lock_timeout",
-  "idle_in_transaction_session_timeout",
-  "work_mem",
-  "plan_cache_mode",
-]);
+/**
+ * A function's own settings that PostgREST lifts to the transaction, so that
+ * e.g. `set statement_timeout` governs the call itself: the default of
+ * `db-hoisted-tx-settings` (Config.hs, `defaultHoistedAllowList`).
+ */
+const HOISTED_SETTINGS = ["statement_timeout", "plan_filter.statement_cost_limit"];
+const ISOLATION_SETTING = "default_transaction_isolation";
+// Lists travel as JSON text: postgres.js sends a JS array as a plain
+// comma-joined string on a connection that has not yet loaded array types.
+const HOISTED_JSON = JSON.stringify([...HOISTED_SETTINGS, ISOLATION_SETTING]);
 
 interface Param {
   name: string | null;
@@ -41,6 +53,10 @@ interface Routine {
   qname: string;
   returnsSet: boolean;
   returnsVoid: boolean;
+  /** pg_proc.provolatile: 'v'olatile, 's'table or 'i'mmutable. */
+  volatility: "v" | "s" | "i";
+  /** Hoisted `set` clauses of the function, as [name, value]. */
+  settings: [string, string][];
   params: Param[];
 }
 
@@ -72,6 +88,8 @@ async function findRoutines(sql: Sql, name: string): Promise<Routine[]> {
       qname: string;
       returnsSet: boolean;
       returnsVoid: boolean;
+      volatility: "v" | "s" | "i";
+      settings: [string, string][];
       defaults: number;
       params: { name: string | null; type: string }[];
     }[]
@@ -79,6 +97,12 @@ async function findRoutines(sql: Sql, name: string): Promise<Routine[]> {
     select quote_ident(n.nspname) || '.' || quote_ident(p.proname) as qname,
            p.proretset as "returnsSet",
            p.prorettype = 'pg_catalog.void'::regtype as "returnsVoid",
+           p.provolatile as volatility,
+           coalesce((
+             select json_agg(json_build_array(split_part(c, '=', 1), substr(c, strpos(c, '=') + 1)))
+             from unnest(p.proconfig) c
+             where split_part(c, '=', 1) in (select json_array_elements_text(${HOISTED_JSON}::text::json))
+           ), '[]'::json) as settings,
            p.pronargdefaults as defaults,
            coalesce((
              select json_agg(json_build_object('name', nullif(a.name, ''), 'type', format_type(a.type, null)) order by a.ord)
@@ -93,6 +117,8 @@ async function findRoutines(sql: Sql, name: string): Promise<Routine[]> {
     qname: row.qname,
     returnsSet: row.returnsSet,
     returnsVoid: row.returnsVoid,
+    volatility: row.volatility,
+    settings: row.settings,
     params: row.params.map((param, index) => ({
       ...param,
       hasDefault: index >= row.params.length - row.defaults,
@@ -136,25 +162,66 @@ function buildCall(routine: Routine, keys: string[], wholeBody: boolean): string
   return `select to_json(_r)::text as body from ${from}`;
 }
 
-let roleSettingsCache: { at: number; byRole: Map<string, [string, string][]> } | null = null;
+interface RoleSettings {
+  /** Settings PostgREST applies with `set_config(name, value, true)`, in catalog order. */
+  settings: [string, string][];
+  /** The role's `default_transaction_isolation`, which becomes the transaction's isolation level. */
+  isolation: string | null;
+}
 
-async function roleSettings(sql: Sql, role: string): Promise<[string, string][]> {
+/**
+ * The settings of every role the login role (authenticator) may become, read
+ * as PostgREST reads them (Config/Database.hs, `queryRoleSettings`): the
+ * role's database-independent settings (`alter role … set`), keeping those a
+ * user may set or the login role has been granted SET on. PostgREST reads
+ * them at start-up and on `NOTIFY pgrst, 'reload config'`; this gateway
+ * re-reads them every 5 s so tests and operators need not restart it.
+ */
+let roleSettingsCache: { at: number; byRole: Map<string, RoleSettings> } | null = null;
+
+async function roleSettings(sql: Sql, role: string): Promise<RoleSettings> {
   if (!roleSettingsCache || Date.now() - roleSettingsCache.at > 5_000) {
-    const rows = await sql<{ role: string; setting: string }[]>`
-      select r.rolname as role, unnest(s.setconfig) as setting
-      from pg_catalog.pg_db_role_setting s
-      join pg_catalog.pg_roles r on r.oid = s.setrole
-      where s.setdatabase in (0, (select oid from pg_catalog.pg_database where datname = current_database()))
-      order by s.setdatabase`;
-    const byRole = new Map<string, [string, string][]>();
-    for (const { role: name, setting } of rows) {
-      const [key, ...value] = setting.split("=");
-      if (!ROLE_SETTINGS.has(key)) continue;
-      byRole.set(name, [...(byRole.get(name) ?? []), [key, value.join("=")]]);
+    const rows = await sql<{ role: string; key: string; value: string }[]>`
+      with role_setting as (
+        select r.rolname, unnest(r.rolconfig) as setting
+        from pg_catalog.pg_auth_members m
+        join pg_catalog.pg_roles r on r.oid = m.roleid
+        where m.member = quote_ident(current_user)::regrole::oid
+      ), kv as (
+        select rolname,
+               substr(setting, 1, strpos(setting, '=') - 1) as key,
+               substr(setting, strpos(setting, '=') + 1) as value
+        from role_setting
+      )
+      select kv.rolname as role, kv.key, kv.value
+      from kv
+      join pg_catalog.pg_settings ps on ps.name = kv.key
+        and (ps.context = 'user'
+             or has_parameter_privilege(quote_ident(current_user)::regrole::oid, ps.name, 'set'))`;
+    const byRole = new Map<string, RoleSettings>();
+    for (const { role: name, key, value } of rows) {
+      const entry = byRole.get(name) ?? { settings: [], isolation: null };
+      if (key === ISOLATION_SETTING) entry.isolation = value;
+      else entry.settings.push([key, value]);
+      byRole.set(name, entry);
     }
     roleSettingsCache = { at: Date.now(), byRole };
   }
-  return roleSettingsCache.byRole.get(role) ?? [];
+  return roleSettingsCache.byRole.get(role) ?? { settings: [], isolation: null };
+}
+
+const ISOLATION_LEVELS: Record<string, string> = {
+  "read committed": "read committed",
+  "repeatable read": "repeatable read",
+  serializable: "serializable",
+};
+
+/** The `begin` options: PostgREST's isolation level (function over role) and access mode. */
+function transactionMode(isolation: string | null, readOnly: boolean): string {
+  const level = isolation === null ? undefined : ISOLATION_LEVELS[isolation.toLowerCase()];
+  return [level ? `isolation level ${level}` : "", readOnly ? "read only" : "read write"]
+    .filter((part) => part !== "")
+    .join(" ");
 }
 
 export async function callRpc(
@@ -163,24 +230,9 @@ export async function callRpc(
   name: string,
   credential: Credential,
 ): Promise<RpcResult> {
-  if (request.method !== "POST") return errorResult(PGRST.invalidRpcMethod(request.method));
-  const profile = request.headers.get("content-profile");
-  if (profile !== null && profile !== EXPOSED_SCHEMA) {
-    return errorResult(PGRST.unacceptableSchema(profile));
-  }
-
-  const text = await request.text();
-  let args: unknown;
-  try {
-    args = text.trim() === "" ? {} : JSON.parse(text);
-  } catch {
-    return errorResult(PGRST.invalidBody("Empty or invalid json"));
-  }
-  if (args === null || typeof args !== "object" || Array.isArray(args)) {
-    return errorResult(
-      PGRST.invalidBody("The request body must be a JSON object of named arguments"),
-    );
-  }
+  const invocation = await readRpcRequest(request);
+  if (isRefusal(invocation)) return errorResult(invocation);
+  const { method, args } = invocation;
   const keys = Object.keys(args);
   const authed = credential.role !== ANON_ROLE;
 
@@ -188,7 +240,8 @@ export async function callRpc(
     const routines = await findRoutines(sql, name);
     let candidates = routines.filter((routine) => callable(routine, keys));
     let wholeBody = false;
-    if (candidates.length === 0) {
+    // Only a POSTed body can be the single unnamed json argument (Plan.hs, `findProc`).
+    if (candidates.length === 0 && method === "POST") {
       candidates = routines.filter(isSingleJsonParam);
       wholeBody = candidates.length > 0;
     }
@@ -207,25 +260,29 @@ export async function callRpc(
 
     const routine = candidates[0];
     const headers = Object.fromEntries(request.headers);
-    const settings = await roleSettings(sql, credential.role);
+    const role = await roleSettings(sql, credential.role);
+    const functionIsolation = routine.settings.find(([key]) => key === ISOLATION_SETTING);
     const gucs: [string, string][] = [
       ["search_path", SEARCH_PATH],
+      // Before the role, so a setting granted to authenticator only still applies (PostgREST #3045).
+      ...role.settings,
       ["role", credential.role],
-      ["request.jwt.claims", JSON.stringify(credential.claims)],
-      ["request.method", request.method],
+      // PostgREST puts the role it switched to into the claims.
+      ["request.jwt.claims", JSON.stringify({ ...credential.claims, role: credential.role })],
+      ["request.method", method],
       ["request.path", `/rpc/${name}`],
       ["request.headers", JSON.stringify(headers)],
       ["request.cookies", "{}"],
-      ...settings,
+      ...routine.settings.filter(([key]) => key !== ISOLATION_SETTING),
     ];
-    const body = await sql.begin(async (tx) => {
+    const readOnly = method === "GET" || routine.volatility !== "v";
+    const mode = transactionMode(functionIsolation?.[1] ?? role.isolation, readOnly);
+    const body = await sql.begin(mode, async (tx) => {
       // Pipelined: the settings and the call travel together, in this order.
       const [, rows] = await Promise.all([
-        tx`select set_config(name, value, true)
-           from unnest(${gucs.map(([key]) => key)}::text[], ${
-          gucs.map(([, value]) => value)
-        }::text[])
-                with ordinality as guc(name, value, position)
+        tx`select set_config(guc ->> 0, guc ->> 1, true)
+           from json_array_elements(${JSON.stringify(gucs)}::text::json)
+                with ordinality as settings(guc, position)
            order by position`,
         tx.unsafe<{ body: string | null }[]>(
           buildCall(routine, keys, wholeBody),

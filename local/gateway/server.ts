@@ -1,7 +1,7 @@
 /**
  * The gateway's routes, as the platform's API gateway lays them out:
  *
- *   POST /rest/v1/rpc/<function>           PostgREST RPC (./rpc.ts)
+ *   POST/GET /rest/v1/rpc/<function>       PostgREST RPC (./rpc.ts)
  *   GET  /auth/v1/.well-known/jwks.json    the project's public signing keys
  *   *    /functions/v1/<name>[/…]          edge functions (./functions.ts)
  *   GET  /_gateway/health                  readiness, for local/gateway.sh

@@ -34,8 +34,25 @@ $$;
 
 grant anon, authenticated, service_role to authenticator;
 
+-- The API roles inherit on hosted projects since supabase/postgres
+-- migrations/db/migrations/20230529180330_alter_api_roles_for_inherit.sql.
+alter role anon inherit;
+alter role authenticated inherit;
+alter role service_role inherit;
+
+-- Hosted time limits, as supabase/postgres sets them:
+--   anon           statement_timeout 3s   init-scripts/00000000000000-initial-schema.sql
+--   authenticated  statement_timeout 8s   (same file)
+--   authenticator  statement_timeout 8s   migrations/20221028101028_set_authenticator_timeout.sql
+--   authenticator  lock_timeout      8s   migrations/20231130133139_set_lock_timeout_to_authenticator_role.sql
+-- PostgREST logs in as authenticator, so its session starts with 8s/8s; it
+-- then applies only the impersonated role's own settings per transaction
+-- (local/gateway/rpc.ts). service_role has none, so it keeps authenticator's
+-- 8s, and every role keeps the 8s lock_timeout.
 alter role anon set statement_timeout = '3s';
 alter role authenticated set statement_timeout = '8s';
+alter role authenticator set statement_timeout = '8s';
+alter role authenticator set lock_timeout = '8s';
 
 -- PostgREST exposes `public`; Supabase gives the API roles everything in it by
 -- default, which is why our migrations revoke what they must not have.

@@ -156,12 +156,108 @@ Deno.test("database errors map to HTTP as PostgREST maps them", async (t) => {
       assert.equal((await response.json()).code, "PGRST102");
     });
 
-    await t.step("GET on an RPC answers 405 PGRST101", async () => {
-      const response = await fetch(`${gateway.url}/rest/v1/rpc/${RAISE}`, {
-        headers: { apikey: SECRET_KEY },
+    await t.step("PUT, PATCH and DELETE on an RPC answer 405 PGRST101", async () => {
+      for (const method of ["PUT", "PATCH", "DELETE"]) {
+        const response = await fetch(`${gateway.url}/rest/v1/rpc/${RAISE}`, {
+          method,
+          headers: { apikey: SECRET_KEY },
+        });
+        assert.equal(response.status, 405, method);
+        assert.deepEqual(await response.json(), {
+          code: "PGRST101",
+          message: `Cannot use the ${method} method on RPC`,
+          details: null,
+          hint: null,
+        });
+      }
+    });
+
+    // What PostgREST does but the gateway does not: answered 400 PGRST127
+    // (PostgREST's "Feature not implemented") instead of silently ignored.
+    const notImplemented: [string, string, Record<string, string>, string?][] = [
+      ["a select on the result", "?select=n", {}],
+      ["a filter on the result", "?n=eq.1", {}],
+      ["an unknown query parameter", "?anything=1", {}],
+      ["Prefer: count=exact (rpc(fn, args, { count }))", "", { prefer: "count=exact" }],
+      ["Prefer: tx=rollback", "", { prefer: "tx=rollback" }],
+      ["Prefer: return=minimal", "", { prefer: "handling=lenient, return=minimal" }],
+      ["Prefer: timezone=…", "", { prefer: "timezone=Europe/Paris" }],
+      ["Accept: text/csv (csv())", "", { accept: "text/csv" }],
+      ["Accept: the single-object type (single())", "", {
+        accept: "application/vnd.pgrst.object+json",
+      }],
+      ["Accept: nulls stripped (stripNulls())", "", {
+        accept: "application/vnd.pgrst.array+json;nulls=stripped",
+      }],
+      ["Accept: a query plan (explain())", "", { accept: "application/vnd.pgrst.plan+json" }],
+      ["a form-encoded body", "", { "content-type": "application/x-www-form-urlencoded" }],
+      ["HEAD (rpc(fn, args, { head: true }))", "", {}, "HEAD"],
+      ["a reserved query parameter on GET", "?p_code=P0001&limit=1", {}, "GET"],
+    ];
+    for (const [what, query, headers, method] of notImplemented) {
+      await t.step(`${what} answers 400 PGRST127, not implemented`, async () => {
+        const response = await fetch(`${gateway.url}/rest/v1/rpc/${RAISE}${query}`, {
+          method: method ?? "POST",
+          headers: { apikey: SECRET_KEY, "content-type": "application/json", ...headers },
+          body: method ? undefined : JSON.stringify({ p_code: "P0001", p_message: "ran" }),
+        });
+        assert.equal(response.status, 400);
+        if (method === "HEAD") return;
+        const body = await response.json();
+        assert.equal(body.code, "PGRST127");
+        assert.equal(body.message, "Feature not implemented");
+        assert.match(body.details, /is not implemented by the local gateway$/);
       });
-      assert.equal(response.status, 405);
-      assert.equal((await response.json()).code, "PGRST101");
+    }
+
+    await t.step("an Accept PostgREST cannot produce answers 406 PGRST107", async () => {
+      const response = await rpc(RAISE, { p_code: "P0001", p_message: "ran" }, {
+        accept: "image/png, text/html;q=0.9",
+      });
+      assert.equal(response.status, 406);
+      assert.deepEqual(await response.json(), {
+        code: "PGRST107",
+        message: "None of these media types are available: image/png, text/html;q=0.9",
+        details: null,
+        hint: null,
+      });
+    });
+
+    await t.step("what supabase-js and browsers send for rpc() is served", async () => {
+      const sent: Record<string, string>[] = [
+        { accept: "application/json", "content-profile": "public" },
+        { accept: "text/html, */*;q=0.8" },
+        { accept: "application/vnd.pgrst.array+json" },
+        { "content-type": "application/json; charset=utf-8", prefer: "handling=lenient" },
+        { prefer: "some-future-preference" },
+      ];
+      for (const headers of sent) {
+        const response = await rpc(RAISE, { p_code: "P0001", p_message: "ran" }, headers);
+        assert.equal(response.status, 400, JSON.stringify(headers));
+        assert.equal((await response.json()).message, "ran", JSON.stringify(headers));
+      }
+    });
+
+    await t.step("an unknown Prefer with handling=strict answers 400 PGRST122", async () => {
+      const response = await rpc(RAISE, { p_code: "P0001", p_message: "ran" }, {
+        prefer: "handling=strict, some-future-preference",
+      });
+      assert.equal(response.status, 400);
+      assert.deepEqual(await response.json(), {
+        code: "PGRST122",
+        message: "Invalid preferences given with handling=strict",
+        details: "Invalid preferences: some-future-preference",
+        hint: null,
+      });
+    });
+
+    await t.step("GET reads the schema from Accept-Profile (PGRST106)", async () => {
+      const response = await fetch(
+        `${gateway.url}/rest/v1/rpc/${RAISE}?p_code=P0001&p_message=x`,
+        { headers: { apikey: SECRET_KEY, "accept-profile": "auth" } },
+      );
+      assert.equal(response.status, 406);
+      assert.equal((await response.json()).code, "PGRST106");
     });
   } finally {
     await db.unsafe(`

@@ -225,3 +225,201 @@ Deno.test("RPC runs as the caller's role with PostgREST's request settings", asy
     await gateway.stop();
   }
 });
+
+/**
+ * The hosted platform's limits, reproduced: authenticator logs in with an 8 s
+ * statement_timeout and lock_timeout, anon and authenticated carry their own
+ * 3 s / 8 s statement_timeout (supabase/postgres migrations, copied in
+ * local/sql/supabase-bootstrap.sql), and PostgREST runs a STABLE or IMMUTABLE
+ * function, or any GET, in a read-only transaction. A bundle function that
+ * breaks one of these on the platform must break here first.
+ */
+Deno.test("RPC runs under the hosted time limits and read-only rules", async (t) => {
+  const gateway = await startGateway();
+  const db = postgres(gateway.dbUrl, { max: 2, onnotice: () => {} });
+  const { privateJwk } = await loadSigningKeys(gateway.stateDir);
+  const token = await mintAccessToken(crypto.randomUUID(), {
+    url: gateway.url,
+    jwtSecret: JWT_SECRET,
+    privateJwk,
+  });
+  const as = {
+    anon: { apikey: PUBLISHABLE_KEY },
+    authenticated: { apikey: PUBLISHABLE_KEY, authorization: `Bearer ${token}` },
+    service_role: { apikey: SECRET_KEY },
+  };
+  const schema = `gw_test_limits_${SUFFIX}`;
+  const limits = `gw_test_limits_${SUFFIX}`;
+  const sleep = `gw_test_sleep_${SUFFIX}`;
+  const stableWrite = `gw_test_stable_write_${SUFFIX}`;
+  const volatileWrite = `gw_test_volatile_write_${SUFFIX}`;
+  const stableEcho = `gw_test_stable_echo_${SUFFIX}`;
+  const ownTimeout = `gw_test_own_timeout_${SUFFIX}`;
+  const waitForLock = `gw_test_wait_lock_${SUFFIX}`;
+  const call = async (
+    name: string,
+    headers: Record<string, string>,
+    args: unknown = {},
+    method = "POST",
+    query = "",
+  ) => {
+    const response = await fetch(`${gateway.url}/rest/v1/rpc/${name}${query}`, {
+      method,
+      headers: method === "POST" ? { "content-type": "application/json", ...headers } : headers,
+      body: method === "POST" ? JSON.stringify(args) : undefined,
+      // Without the limits a call would wait as long as its lock or sleep.
+      signal: AbortSignal.timeout(15_000),
+    });
+    const text = await response.text();
+    return { status: response.status, body: text === "" ? null : JSON.parse(text) };
+  };
+
+  try {
+    // Writes go to a test-only schema through security definer functions, so
+    // the API roles need no table grants.
+    await db.unsafe(`
+      create schema ${schema};
+      create table ${schema}.writes (id serial primary key, note text);
+      alter table ${schema}.writes enable row level security;
+      insert into ${schema}.writes (note) values ('locked by the test');
+      create function public.${limits}() returns jsonb language sql stable as $$
+        select jsonb_build_object('statement_timeout', current_setting('statement_timeout'),
+                                  'lock_timeout', current_setting('lock_timeout'),
+                                  'read_only', current_setting('transaction_read_only'))
+      $$;
+      create function public.${sleep}(p_seconds float8) returns int language sql as
+        'select 1 from pg_sleep(p_seconds)';
+      create function public.${volatileWrite}(p_note text) returns int
+      language sql volatile security definer set search_path = '' as
+        $$ insert into ${schema}.writes (note) values (p_note) returning id $$;
+      -- PostgreSQL refuses a write written directly in a non-volatile body
+      -- (0A000); mislabelled functions write through a volatile callee.
+      create function public.${stableWrite}(p_note text) returns int
+      language sql stable as $$ select public.${volatileWrite}(p_note) $$;
+      create function public.${stableEcho}(p_n int, p_tags text[]) returns jsonb
+      language sql immutable as $$ select jsonb_build_object('n_plus_one', p_n + 1, 'tags', p_tags) $$;
+      create function public.${ownTimeout}(p_seconds float8) returns int language sql
+      set statement_timeout = '1s' as 'select 1 from pg_sleep(p_seconds)';
+      create function public.${waitForLock}() returns int language sql security definer
+      set search_path = '' set statement_timeout = '20s' as
+        $$ update ${schema}.writes set note = 'updated' where id = 1 returning id $$;
+    `);
+
+    await t.step("the roles carry the hosted settings", async () => {
+      const rows = await db<{ role: string; config: string[] | null }[]>`
+        select rolname as role, rolconfig as config from pg_roles
+        where rolname in ('anon', 'authenticated', 'service_role', 'authenticator')`;
+      const config = Object.fromEntries(rows.map((row) => [row.role, row.config ?? []]));
+      assert.ok(config.anon.includes("statement_timeout=3s"), String(config.anon));
+      assert.ok(config.authenticated.includes("statement_timeout=8s"));
+      assert.ok(config.authenticator.includes("statement_timeout=8s"));
+      assert.ok(config.authenticator.includes("lock_timeout=8s"));
+      assert.deepEqual(config.service_role, []);
+    });
+
+    await t.step(
+      "each role runs with the timeouts PostgREST gives it on the platform",
+      async () => {
+        const seen = Object.fromEntries(
+          await Promise.all(
+            Object.entries(as).map(async (
+              [role, headers],
+            ) => [role, (await call(limits, headers)).body]),
+          ),
+        );
+        assert.deepEqual(seen, {
+          anon: { statement_timeout: "3s", lock_timeout: "8s", read_only: "on" },
+          authenticated: { statement_timeout: "8s", lock_timeout: "8s", read_only: "on" },
+          // No settings of its own: authenticator's login settings stay in force.
+          service_role: { statement_timeout: "8s", lock_timeout: "8s", read_only: "on" },
+        });
+      },
+    );
+
+    await t.step("a 9 s statement is cancelled (57014 → 500) for every role", async () => {
+      const started = performance.now();
+      const answers = await Promise.all([
+        call(sleep, as.anon, { p_seconds: 4 }),
+        call(sleep, as.authenticated, { p_seconds: 9 }),
+        call(sleep, as.service_role, { p_seconds: 9 }),
+      ]);
+      const elapsed = performance.now() - started;
+      for (const answer of answers) {
+        assert.equal(answer.status, 500);
+        assert.equal(answer.body.code, "57014");
+        assert.match(answer.body.message, /statement timeout/);
+      }
+      assert.ok(elapsed < 8_900, `took ${elapsed} ms`);
+      // Within the limit the same function answers.
+      assert.equal((await call(sleep, as.service_role, { p_seconds: 0.1 })).status, 200);
+    });
+
+    await t.step("a function's own statement_timeout governs its call (hoisted)", async () => {
+      const answer = await call(ownTimeout, as.service_role, { p_seconds: 2 });
+      assert.equal(answer.status, 500);
+      assert.equal(answer.body.code, "57014");
+    });
+
+    await t.step("a row lock held past 8 s fails with lock_timeout (55P03 → 500)", async () => {
+      let release!: () => void;
+      const released = new Promise<void>((resolve) => release = resolve);
+      let locked!: () => void;
+      const lockTaken = new Promise<void>((resolve) => locked = resolve);
+      const holder = db.begin(async (tx) => {
+        await tx.unsafe(`select 1 from ${schema}.writes where id = 1 for update`);
+        locked();
+        await released;
+      });
+      try {
+        await lockTaken;
+        const answer = await call(waitForLock, as.service_role);
+        assert.equal(answer.status, 500);
+        assert.equal(answer.body.code, "55P03");
+      } finally {
+        release();
+        await holder;
+      }
+    });
+
+    await t.step("a STABLE function that writes fails read-only (25006 → 405)", async () => {
+      const answer = await call(stableWrite, as.service_role, { p_note: "from stable" });
+      assert.equal(answer.status, 405);
+      assert.equal(answer.body.code, "25006");
+      const [{ count }] = await db.unsafe(
+        `select count(*)::int as count from ${schema}.writes where note = 'from stable'`,
+      );
+      assert.equal(count, 0);
+    });
+
+    await t.step("a VOLATILE function that writes works on POST", async () => {
+      const answer = await call(volatileWrite, as.service_role, { p_note: "from volatile" });
+      assert.equal(answer.status, 200);
+      assert.equal(typeof answer.body, "number");
+    });
+
+    await t.step("GET runs any function read-only: a VOLATILE writer gets 405 25006", async () => {
+      const answer = await call(volatileWrite, as.service_role, {}, "GET", "?p_note=from+get");
+      assert.equal(answer.status, 405);
+      assert.equal(answer.body.code, "25006");
+    });
+
+    await t.step("GET passes the query string as arguments, typed by the function", async () => {
+      const answer = await call(stableEcho, as.service_role, {}, "GET", "?p_n=41&p_tags={a,b}");
+      assert.equal(answer.status, 200);
+      assert.deepEqual(answer.body, { n_plus_one: 42, tags: ["a", "b"] });
+    });
+  } finally {
+    await db.unsafe(`
+      drop function if exists public.${limits}();
+      drop function if exists public.${sleep}(float8);
+      drop function if exists public.${stableWrite}(text);
+      drop function if exists public.${volatileWrite}(text);
+      drop function if exists public.${stableEcho}(int, text[]);
+      drop function if exists public.${ownTimeout}(float8);
+      drop function if exists public.${waitForLock}();
+      drop schema if exists ${schema} cascade;
+    `);
+    await db.end();
+    await gateway.stop();
+  }
+});
