@@ -28,7 +28,7 @@ const WHOLE = `gw_test_whole_${SUFFIX}`;
 Deno.test("RPC runs as the caller's role with PostgREST's request settings", async (t) => {
   const gateway = await startGateway();
   const db = postgres(gateway.dbUrl, { max: 1, onnotice: () => {} });
-  const { privateJwk } = await loadSigningKeys(gateway.stateDir);
+  const { privateJwk } = await loadSigningKeys();
   const userId = crypto.randomUUID();
   const signing = { url: gateway.url, jwtSecret: JWT_SECRET, privateJwk };
   const es256 = await mintAccessToken(userId, signing, { alg: "ES256", email: "a@example.test" });
