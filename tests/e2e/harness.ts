@@ -237,7 +237,10 @@ export async function mintAccessToken(
     signingJwk ??= loadSigningJwk();
     privateJwk = await signingJwk;
   }
-  return await mint(userId, { url: stack.url, jwtSecret: stack.jwtSecret, privateJwk }, options);
+  return await mint(userId, { url: stack.url, jwtSecret: stack.jwtSecret, privateJwk }, {
+    ...options,
+    alg,
+  });
 }
 
 const CLIENT_OPTIONS = {
