@@ -207,6 +207,15 @@ function fakePostgrest(): {
       const { payload } = await jose.jwtVerify(token, new TextEncoder().encode(JWT_SECRET), {
         algorithms: ["HS256"],
       });
+      if (!/^[0-9a-f-]{36}$/i.test(String(payload.sub))) {
+        // What `auth.uid()` does with a sub that is no UUID.
+        return Response.json({
+          code: "22P02",
+          message: `invalid input syntax for type uuid: "${payload.sub}"`,
+          details: null,
+          hint: null,
+        }, { status: 400 });
+      }
       return Response.json({ role: payload.role, sub: payload.sub });
     } catch (error) {
       const expired = error instanceof jose.errors.JWTExpired;
@@ -406,5 +415,17 @@ Deno.test("signing and both: an ES256 token is verified here and names its user"
       req({ authorization: `Bearer ${await userToken()}`, apikey: PUBLISHABLE }),
     );
     assert.equal(caller.kind === "user" && caller.userId, USER_ID);
+  }
+});
+
+Deno.test("legacy project: a validly signed HS256 token whose sub is no user is 401, not a 500", async () => {
+  await using postgrest = fakePostgrest();
+  for (const sub of ["user_2abc", ""]) {
+    const caller = await authFor("legacy", postgrest.url, false)(
+      req({ authorization: `Bearer ${await legacyToken({ sub })}`, apikey: ANON }),
+    );
+    const error = await rejection(caller.rpc("get_device_qr", {}));
+    assert.equal(error.code, "unauthorized");
+    assert.equal((error.details as { reason: string }).reason, "SUBJECT_NOT_A_USER_ID");
   }
 });

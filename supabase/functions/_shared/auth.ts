@@ -24,7 +24,7 @@ import type { SupabaseEnv } from "@supabase/server";
 import { createContextClient, resolveEnv } from "@supabase/server/core";
 import { createClient } from "@supabase/supabase-js";
 import { ApiError } from "./http.ts";
-import { type Rpc, rpcThrough } from "./rpc.ts";
+import { type Rpc, rpcThrough, subjectNotAUser } from "./rpc.ts";
 
 const USER_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -105,14 +105,7 @@ export function supabaseAuth(options: AuthOptions): Authenticate {
       // Devices belong to Supabase Auth users, whose ids are UUIDs. A token
       // signed by a trusted key but naming anything else (third-party auth,
       // an empty sub) identifies nobody here; the SQL would only fail on the cast.
-      if (!USER_ID.test(ctx.userClaims.id ?? "")) {
-        throw new ApiError("unauthorized", "The token's subject is not a user of this project.", {
-          details: {
-            reason: "SUBJECT_NOT_A_USER_ID",
-            hint: "Sign in with Supabase Auth; its access tokens carry the user's UUID in sub.",
-          },
-        });
-      }
+      if (!USER_ID.test(ctx.userClaims.id ?? "")) throw subjectNotAUser();
       return { kind: "user", userId: ctx.userClaims.id, rpc: rpcThrough(ctx.supabase) };
     }
     if (ctx.authMode === "secret") return { kind: "operator", rpc: rpcThrough(ctx.supabaseAdmin) };
