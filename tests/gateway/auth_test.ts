@@ -332,26 +332,31 @@ for (const kind of PROJECT_KEYS) {
         }
       });
 
-      await t.step("forged, expired, alg:none and malformed tokens are 401", async () => {
-        const forged = await new jose.SignJWT({ sub: userId, role: "authenticated" })
-          .setProtectedHeader({ alg: "HS256", typ: "JWT" })
-          .setExpirationTime("1h")
-          .sign(new TextEncoder().encode("not-the-project-secret-not-the-project-secret"));
-        const expired = await mintAccessToken(userId, signing, { alg: "HS256", expiresIn: -120 });
-        const none = `${base64url({ alg: "none", typ: "JWT" })}.${
-          base64url({ sub: userId, role: "authenticated" })
-        }.`;
-        const unknownKid = await new jose.SignJWT({ sub: userId, role: "authenticated" })
-          .setProtectedHeader({ alg: "ES256", kid: "unknown" })
-          .setExpirationTime("1h")
-          .sign((await jose.generateKeyPair("ES256")).privateKey);
-        for (const token of [forged, expired, none, unknownKid, "not-a-jwt"]) {
-          for (const name of fns) {
-            const { status, code, text } = await call(name, user(token), device);
-            assert.deepEqual({ status, code }, { status: 401, code: "unauthorized" }, text);
+      await t.step(
+        "forged, expired, alg:none, malformed and user-less tokens are 401",
+        async () => {
+          const forged = await new jose.SignJWT({ sub: userId, role: "authenticated" })
+            .setProtectedHeader({ alg: "HS256", typ: "JWT" })
+            .setExpirationTime("1h")
+            .sign(new TextEncoder().encode("not-the-project-secret-not-the-project-secret"));
+          const expired = await mintAccessToken(userId, signing, { alg: "HS256", expiresIn: -120 });
+          const none = `${base64url({ alg: "none", typ: "JWT" })}.${
+            base64url({ sub: userId, role: "authenticated" })
+          }.`;
+          const unknownKid = await new jose.SignJWT({ sub: userId, role: "authenticated" })
+            .setProtectedHeader({ alg: "ES256", kid: "unknown" })
+            .setExpirationTime("1h")
+            .sign((await jose.generateKeyPair("ES256")).privateKey);
+          // Validly signed with the legacy secret, but naming no Supabase Auth user.
+          const notAUser = await mintAccessToken("user_2abc", signing, { alg: "HS256" });
+          for (const token of [forged, expired, none, unknownKid, "not-a-jwt", notAUser]) {
+            for (const name of fns) {
+              const { status, code, text } = await call(name, user(token), device);
+              assert.deepEqual({ status, code }, { status: 401, code: "unauthorized" }, text);
+            }
           }
-        }
-      });
+        },
+      );
 
       await t.step(
         "operators: the secret key where it exists, the service_role key while enabled",
