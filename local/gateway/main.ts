@@ -142,8 +142,11 @@ if (envFile !== "") {
   // from this file behaves as it would against a hosted project of the kind.
   const lines = [
     "# Written by local/gateway.sh: the local stack's URL and keys, as `supabase status -o env` prints them.",
-    `# PROJECT_KEYS=${profile.kind}: see local/gateway/keys.ts. ES256 user tokens are signed with the`,
-    "# first key of [auth] signing_keys_path (supabase/config.toml); HS256 ones with the JWT secret.",
+    `# PROJECT_KEYS=${profile.kind} (local/gateway/keys.ts). ${
+      profile.signingKeys
+        ? "User tokens: ES256 with the first key of [auth] signing_keys_path; HS256 with the JWT secret still valid."
+        : "User tokens: HS256 with the JWT secret."
+    }`,
     `SUPABASE_URL=${url}`,
     ...(profile.newApiKeys
       ? [`SUPABASE_PUBLISHABLE_KEY=${PUBLISHABLE_KEY}`, `SUPABASE_SECRET_KEY=${SECRET_KEY}`]

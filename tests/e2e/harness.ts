@@ -156,7 +156,9 @@ function fromEnv(values: Record<string, string | undefined>): Stack {
 async function startLocalStack(): Promise<Stack> {
   const url = `http://127.0.0.1:${Deno.env.get("GATEWAY_PORT") ?? "54321"}`;
   await run("local/db.sh", "start");
-  if (!(await healthy(url))) {
+  // A PROJECT_KEYS that names a kind makes sure the gateway is of that kind
+  // (gateway.sh restarts one of another kind); otherwise any running one will do.
+  if (Deno.env.get("PROJECT_KEYS") || !(await healthy(url))) {
     try {
       await run("local/gateway.sh", "start");
     } catch (error) {
