@@ -13,7 +13,7 @@
 import { mintAccessToken } from "../local/gateway/jwt.ts";
 import { JWT_SECRET, loadSigningKeys, SECRET_KEY } from "../local/gateway/keys.ts";
 import { Fleet } from "../worker/fleet.ts";
-import { signingStateDir, startBenchGateway } from "./lib/gateway.ts";
+import { startBenchGateway } from "./lib/gateway.ts";
 import {
   benchDatabaseName,
   connect,
@@ -222,7 +222,7 @@ export async function runFailover(options: FailoverOptions): Promise<FailoverRep
     const [previous] = await sql`select heartbeat_timeout from public.assignment_settings`;
     await sql`update public.assignment_settings
               set heartbeat_timeout = make_interval(secs => ${HEARTBEAT_TIMEOUT_S})`;
-    const { privateJwk } = await loadSigningKeys(await signingStateDir());
+    const { privateJwk } = await loadSigningKeys();
     for (const k of options.sizes) {
       for (const path of options.paths) {
         const times: number[] = [];

@@ -10,7 +10,7 @@
  */
 import { mintAccessToken } from "../local/gateway/jwt.ts";
 import { JWT_SECRET, loadSigningKeys, PUBLISHABLE_KEY } from "../local/gateway/keys.ts";
-import { type BenchGateway, signingStateDir, startBenchGateway } from "./lib/gateway.ts";
+import { type BenchGateway, startBenchGateway } from "./lib/gateway.ts";
 import {
   benchDatabaseName,
   connect,
@@ -302,7 +302,7 @@ export async function runRequestCost(options: RequestCostOptions): Promise<Reque
   let gateway: BenchGateway | null = null;
   try {
     const users = await seed(sql);
-    const { privateJwk } = await loadSigningKeys(await signingStateDir());
+    const { privateJwk } = await loadSigningKeys();
     gateway = await startBenchGateway(dbUrl);
     const tokens = await Promise.all(users.map(async ({ userId, deviceId }) => ({
       deviceId,

@@ -8,6 +8,9 @@
 #   local/gateway.sh status   exit 0 when running and healthy
 #   local/gateway.sh restart
 #
+# PROJECT_KEYS=signing (default), legacy or both: the kind of hosted project
+# to imitate (API keys, token algorithms, the functions' env, .env.local).
+#
 # Logs: <state>/gateway/gateway.log (stdout/stderr), <state>/gateway/requests.log
 # (one line per request), <state>/gateway/functions/<name>.log.
 set -euo pipefail
@@ -32,9 +35,17 @@ healthy() {
   curl -fsS -m 2 "$URL/_gateway/health" >/dev/null 2>&1
 }
 
-# The gateway's own code; a running gateway whose code changed is restarted by start.
+# The kind of project to imitate (local/gateway/keys.ts): signing, legacy or both.
+PROJECT_KEYS="${PROJECT_KEYS:-signing}"
+case "$PROJECT_KEYS" in
+  signing | legacy | both) ;;
+  *) log "PROJECT_KEYS=$PROJECT_KEYS is not one of signing, legacy, both"; exit 2 ;;
+esac
+
+# The gateway's own code and the kind of project; a running gateway whose code
+# or kind changed is restarted by start.
 code_stamp() {
-  cat "$ROOT"/local/gateway/*.ts | sha1sum | cut -c1-40
+  { cat "$ROOT"/local/gateway/*.ts; echo "PROJECT_KEYS=$PROJECT_KEYS"; } | sha1sum | cut -c1-40
 }
 
 port_taken() {
@@ -52,7 +63,7 @@ start() {
       log "already running on $URL (pid $(cat "$PIDFILE"))"
       return 0
     else
-      log "local/gateway/ changed since it started; restarting"
+      log "local/gateway/ or PROJECT_KEYS changed since it started; restarting"
     fi
     stop
   fi
@@ -63,7 +74,7 @@ start() {
   # Its own session (process group), so stop can end it and its function processes together.
   (
     cd "$ROOT"
-    GATEWAY_PORT="$PORT" GATEWAY_STATE_DIR="$STATE" \
+    GATEWAY_PORT="$PORT" GATEWAY_STATE_DIR="$STATE" PROJECT_KEYS="$PROJECT_KEYS" \
       SUPABASE_DB_URL="$("$ROOT/local/db.sh" url)" \
       setsid "$DENO" run --allow-all --quiet --unstable-no-legacy-abort "$ROOT/local/gateway/main.ts" \
       >>"$OUTLOG" 2>&1 </dev/null 9>&- &
@@ -72,7 +83,7 @@ start() {
   code_stamp >"$STAMP"
   for _ in $(seq 1 150); do
     if healthy; then
-      log "running on $URL (pid $(cat "$PIDFILE")); logs in $DIR"
+      log "running on $URL (pid $(cat "$PIDFILE"), PROJECT_KEYS=$PROJECT_KEYS); logs in $DIR"
       return 0
     fi
     if ! pid_alive; then

@@ -33,3 +33,10 @@ if [ ! -x "$ROOT/node_modules/.bin/deno" ] || [ ! -x "$ROOT/node_modules/.bin/su
   log "installing the npm toolchain (npm ci)"
   (cd "$ROOT" && npm ci --no-audit --no-fund >/dev/null 2>&1) || (cd "$ROOT" && npm ci --no-audit --no-fund)
 fi
+
+# The local project's JWT signing key ([auth] signing_keys_path of supabase/config.toml):
+# every Supabase CLI command refuses to load the config while the file is missing.
+if [ ! -f "$ROOT/supabase/signing_keys.json" ]; then
+  log "creating the local JWT signing key (supabase/signing_keys.json)"
+  "$ROOT/node_modules/.bin/deno" run --quiet --allow-read --allow-write --allow-env "$ROOT/local/gateway/keys.ts"
+fi

@@ -92,7 +92,17 @@ fi
 export SUPABASE_DB_URL="${SUPABASE_DB_URL:-$(local/db.sh url)}"
 gate "deno fmt --check" deno fmt --check
 gate "deno lint" deno lint
-deno_suite "deno tests" -A --no-check=remote tests/
+deno_suite "deno tests" -A --no-check=remote --ignore=tests/e2e tests/
+# The end-to-end suite against each kind of hosted project (local/gateway/keys.ts):
+# the gateway restarts as that kind; the harness reads the keys its .env.local names.
+for kind in signing legacy both; do
+  if PROJECT_KEYS="$kind" local/gateway.sh start >"$RESULTS/gateway_$kind.log" 2>&1; then
+    PROJECT_KEYS="$kind" deno_suite "e2e ($kind)" -A --no-check=remote tests/e2e/
+  else
+    tail -20 "$RESULTS/gateway_$kind.log"; record "e2e ($kind)" 0 1
+  fi
+done
+local/gateway.sh start >/dev/null 2>&1 # back to the kind this run was asked for (PROJECT_KEYS)
 # A smoke run of the benchmarks: fails on wrong behaviour (an error, a double
 # claim, more than one RPC per request, a device never recovered), never on a
 # slow figure; figures go to test-results/bench/.

@@ -53,10 +53,6 @@ async function stateDir(): Promise<string> {
   return new TextDecoder().decode(stdout).trim();
 }
 
-export async function signingStateDir(): Promise<string> {
-  return await stateDir();
-}
-
 export async function startBenchGateway(dbUrl: string): Promise<BenchGateway> {
   const root = await Deno.makeTempDir({ prefix: "bench-functions-" });
   const toml: string[] = [];

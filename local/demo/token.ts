@@ -1,31 +1,23 @@
 /**
  * The demo user's access token, minted the way the local stack's Auth would
- * sign it (ES256 with the project's signing key), so the page calls the edge
- * functions exactly as a signed-in frontend does.
+ * sign it for the kind of project it imitates (PROJECT_KEYS): ES256 with the
+ * project's signing key, or HS256 with the legacy JWT secret on a legacy
+ * project. The page then calls the edge functions exactly as a signed-in
+ * frontend of that project does.
  */
 import { mintAccessToken } from "../gateway/jwt.ts";
-import { JWT_SECRET, loadSigningKeys } from "../gateway/keys.ts";
+import { JWT_SECRET, loadSigningKeys, projectKeysFromEnv } from "../gateway/keys.ts";
 
 const LIFETIME_S = 3600;
-
-async function stateDir(): Promise<string> {
-  const fromEnv = Deno.env.get("GATEWAY_STATE_DIR");
-  if (fromEnv) return fromEnv;
-  const { stdout, code } = await new Deno.Command("bash", {
-    args: [new URL("../db.sh", import.meta.url).pathname, "state-dir"],
-    stdout: "piped",
-    stderr: "null",
-  }).output();
-  if (code !== 0) throw new Error("cannot find the local stack's state directory");
-  return new TextDecoder().decode(stdout).trim();
-}
 
 export async function mintDemoToken(
   url: string,
   user: { id: string; email: string },
 ): Promise<{ access_token: string; expires_at: number }> {
-  const { privateJwk } = await loadSigningKeys(await stateDir());
+  const legacy = projectKeysFromEnv() === "legacy";
+  const privateJwk = legacy ? undefined : (await loadSigningKeys()).privateJwk;
   const accessToken = await mintAccessToken(user.id, { url, jwtSecret: JWT_SECRET, privateJwk }, {
+    alg: legacy ? "HS256" : "ES256",
     email: user.email,
     expiresIn: LIFETIME_S,
   });

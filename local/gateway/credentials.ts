@@ -3,13 +3,24 @@
  * and JWT claims the request runs with, as the platform gateway does before a
  * request reaches PostgREST:
  *
- * - `Authorization: Bearer <JWT>` wins: a user access token (ES256 or HS256) or
- *   a legacy `anon` / `service_role` key; the role is the token's `role` claim.
+ * - `Authorization: Bearer <JWT>` wins: a user access token or a legacy
+ *   `anon` / `service_role` key; the role is the token's `role` claim. Which
+ *   algorithms verify is the verifier's business (./jwt.ts).
  * - otherwise the API key (`apikey` header, or an `sb_…` key as the bearer):
  *   the publishable key runs as `anon`, the secret key as `service_role`, with
  *   the claims of the matching legacy key (what the CLI's gateway substitutes).
+ *
+ * Which API keys exist depends on the kind of project (keys.ts, ProjectProfile):
+ * `sb_…` keys are unknown to a legacy project, and a migrated project refuses
+ * its disabled `anon` / `service_role` keys wherever they are sent.
  */
-import { ANON_KEY, PUBLISHABLE_KEY, SECRET_KEY, SERVICE_ROLE_KEY } from "./keys.ts";
+import {
+  ANON_KEY,
+  type ProjectProfile,
+  PUBLISHABLE_KEY,
+  SECRET_KEY,
+  SERVICE_ROLE_KEY,
+} from "./keys.ts";
 import { type JwtClaims, JwtRejected, type JwtVerifier } from "./jwt.ts";
 
 export interface Credential {
@@ -22,6 +33,7 @@ export interface Credential {
 export type CredentialProblem =
   | "missing"
   | "invalid_api_key"
+  | "legacy_api_key_disabled"
   | "invalid_jwt"
   | "expired_jwt";
 
@@ -29,7 +41,9 @@ const HINTS: Record<CredentialProblem, string> = {
   missing:
     "Send the project's publishable key in the `apikey` header, and a user's access token as `Authorization: Bearer <token>`.",
   invalid_api_key:
-    "Use the publishable or secret key that `supabase status` (or .env.local) prints for this project.",
+    "Use an API key that `supabase status` (or .env.local) prints for this project: its publishable or secret key, or on a project without them its anon or service_role key.",
+  legacy_api_key_disabled:
+    "This project's anon and service_role keys are disabled; send its publishable or secret key (sb_…) instead.",
   expired_jwt: "Refresh the session and retry with the new access token.",
   invalid_jwt:
     "Send an access token issued by this project's Auth, signed with its JWT secret or a key in /auth/v1/.well-known/jwks.json.",
@@ -70,30 +84,44 @@ async function verifyJwt(verifier: JwtVerifier, token: string): Promise<Credenti
   }
 }
 
+/** A migrated project's disabled legacy keys are refused even though they are validly signed JWTs. */
+function refuseDisabledLegacyKey(key: string, profile: ProjectProfile): void {
+  if (!profile.legacyApiKeys && (key === ANON_KEY || key === SERVICE_ROLE_KEY)) {
+    throw new CredentialRejected("legacy_api_key_disabled", "Legacy API keys are disabled");
+  }
+}
+
 /** The role and claims of a request to the Data API (`/rest/v1`). */
 export async function resolveApiCredential(
   request: Request,
   verifier: JwtVerifier,
+  profile: ProjectProfile,
 ): Promise<Credential> {
   const apikey = request.headers.get("apikey");
   const bearer = bearerToken(request);
   if (bearer === "") {
     throw new CredentialRejected("invalid_jwt", "Authorization header is not `Bearer <token>`");
   }
+  const isNewApiKey = (key: string) =>
+    profile.newApiKeys && (key === PUBLISHABLE_KEY || key === SECRET_KEY);
 
-  if (apikey !== null && apikey !== PUBLISHABLE_KEY && apikey !== SECRET_KEY) {
+  if (apikey !== null && !isNewApiKey(apikey)) {
     if (!JWT_SHAPE.test(apikey)) throw new CredentialRejected("invalid_api_key", "Invalid API key");
+    refuseDisabledLegacyKey(apikey, profile);
     await verifyJwt(verifier, apikey);
   }
 
-  if (bearer !== null && !bearer.startsWith("sb_")) return await verifyJwt(verifier, bearer);
+  if (bearer !== null && !bearer.startsWith("sb_")) {
+    refuseDisabledLegacyKey(bearer, profile);
+    return await verifyJwt(verifier, bearer);
+  }
 
   const key = bearer ?? apikey;
   if (key === null) throw new CredentialRejected("missing", "No API key found in request");
-  if (key === PUBLISHABLE_KEY) {
+  if (isNewApiKey(key) && key === PUBLISHABLE_KEY) {
     return { role: "anon", claims: legacyClaims(ANON_KEY), via: "publishable_key" };
   }
-  if (key === SECRET_KEY) {
+  if (isNewApiKey(key) && key === SECRET_KEY) {
     return { role: "service_role", claims: legacyClaims(SERVICE_ROLE_KEY), via: "secret_key" };
   }
   if (key.startsWith("sb_")) throw new CredentialRejected("invalid_api_key", "Invalid API key");

@@ -108,6 +108,9 @@ export async function mintAccessToken(
       "ES256 tokens need the project's private signing key (see tests/e2e/harness.ts)",
     );
   }
-  return await jwt.setProtectedHeader({ alg, typ: "JWT", kid: signing.privateJwk.kid })
-    .sign(await jose.importJWK(signing.privateJwk, "ES256"));
+  // `supabase gen signing-key` writes key_ops ["sign", "verify"], which Web
+  // Crypto refuses on a private key: import it for signing only.
+  const { key_ops: _ops, ext: _ext, ...privateJwk } = signing.privateJwk;
+  return await jwt.setProtectedHeader({ alg, typ: "JWT", kid: privateJwk.kid })
+    .sign(await jose.importJWK(privateJwk, "ES256"));
 }

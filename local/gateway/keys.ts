@@ -1,13 +1,16 @@
 /**
- * The API keys and signing keys of the local project.
+ * The API keys and signing keys of the local project, and which of them are
+ * live for the kind of project being imitated (PROJECT_KEYS).
  *
  * The key values are the Supabase CLI's local development defaults (what
  * `supabase status` prints for every local project), so scripts and docs written
  * against a real `supabase start` work unchanged against this gateway. The
- * asymmetric key that signs user access tokens is generated once per checkout
- * and kept in the git-ignored state directory, like `[auth] signing_keys_path`.
+ * asymmetric key that signs user access tokens lives where the CLI keeps one:
+ * `[auth] signing_keys_path` of supabase/config.toml, in the JWK array format
+ * `supabase gen signing-key` writes, created on first use.
  */
 import * as jose from "jose";
+import { parse as parseToml } from "smol-toml";
 
 export const PUBLISHABLE_KEY = "sb_publishable_ACJWlzQHlZjBrEguHvfOxg_3BJgxAaH";
 export const SECRET_KEY = "sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz";
@@ -19,48 +22,142 @@ export const ANON_KEY =
 export const SERVICE_ROLE_KEY =
   "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzdXBhYmFzZS1kZW1vIiwicm9sZSI6InNlcnZpY2Vfcm9sZSIsImV4cCI6MTk4MzgxMjk5Nn0.EGIM96RAZx35lJzdJsyH-qQwv8Hdp7fsn3W0YpN81IU";
 
-export const SIGNING_KEY_FILE = "gateway/signing-key.json";
+/**
+ * The three kinds of hosted project (docs: guides/api/api-keys,
+ * guides/auth/signing-keys). The API-key migration and the JWT-secret
+ * migration are separate, so every combination below exists in the wild:
+ *
+ * - `legacy`: never migrated. API keys are the `anon` / `service_role` JWTs;
+ *   Auth signs user tokens with the legacy JWT secret (HS256, no `kid`); the
+ *   JWKS is empty, since a shared secret is never published.
+ * - `signing`: migrated. API keys are `sb_publishable_…` / `sb_secret_…`, the
+ *   legacy API keys disabled; Auth signs with an ES256 key published in the
+ *   JWKS. The legacy JWT secret is "previously used": the platform keeps
+ *   accepting HS256 tokens it signed until the owner revokes it, a separate
+ *   step after disabling the legacy keys.
+ * - `both`: mid-migration. Both kinds of API key work; tokens are ES256 or HS256.
+ */
+export type ProjectKeys = "signing" | "legacy" | "both";
+
+export const PROJECT_KEYS: readonly ProjectKeys[] = ["signing", "legacy", "both"];
+
+/** What a project of one kind accepts, for the gateway and the functions' environment. */
+export interface ProjectProfile {
+  kind: ProjectKeys;
+  /** `sb_publishable_…` / `sb_secret_…` exist and are accepted. */
+  newApiKeys: boolean;
+  /** The `anon` / `service_role` JWT keys are enabled. */
+  legacyApiKeys: boolean;
+  /** Auth issues ES256 tokens, and the JWKS publishes their key. */
+  signingKeys: boolean;
+}
+
+export function projectProfile(kind: ProjectKeys): ProjectProfile {
+  return {
+    kind,
+    newApiKeys: kind !== "legacy",
+    legacyApiKeys: kind !== "signing",
+    signingKeys: kind !== "legacy",
+  };
+}
+
+/** PROJECT_KEYS from the environment (default `signing`), refused loudly when mistyped. */
+export function projectKeysFromEnv(value = Deno.env.get("PROJECT_KEYS")): ProjectKeys {
+  if (value === undefined || value === "") return "signing";
+  if ((PROJECT_KEYS as readonly string[]).includes(value)) return value as ProjectKeys;
+  throw new Error(`PROJECT_KEYS=${value} is not one of ${PROJECT_KEYS.join(", ")}`);
+}
+
+const REPO = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+
+/**
+ * `[auth] signing_keys_path` of a config.toml, resolved against its directory
+ * as the CLI does (pkg/config: relative paths are relative to `supabase/`).
+ */
+export async function signingKeysPath(
+  configToml = `${REPO}/supabase/config.toml`,
+): Promise<string> {
+  const override = Deno.env.get("SIGNING_KEYS_PATH");
+  if (override) return override;
+  const toml = parseToml(await Deno.readTextFile(configToml)) as {
+    auth?: { signing_keys_path?: string };
+  };
+  const path = toml.auth?.signing_keys_path;
+  if (!path) {
+    throw new Error(`${configToml} sets no [auth] signing_keys_path; the local stack needs one`);
+  }
+  const dir = configToml.replace(/\/[^/]*$/, "");
+  return path.startsWith("/") ? path : `${dir}/${path.replace(/^\.\//, "")}`;
+}
 
 export interface SigningKeys {
   /** Private ES256 JWK with `kid`, for minting user access tokens. */
   privateJwk: jose.JWK;
-  /** What `/auth/v1/.well-known/jwks.json` serves and functions get as SUPABASE_JWKS. */
+  /** The public half of every key in the file, as `/auth/v1/.well-known/jwks.json` serves it. */
   jwks: { keys: jose.JWK[] };
 }
 
 /** The public half of a private JWK, as GoTrue publishes it. */
 export function publicJwk(privateJwk: jose.JWK): jose.JWK {
-  const { d: _d, key_ops: _ops, ...rest } = privateJwk;
+  const { d: _d, key_ops: _ops, ext: _ext, ...rest } = privateJwk;
   return { ...rest, key_ops: ["verify"] };
 }
 
-/** Loads the ES256 signing key from the state dir, creating it on first use. */
-export async function loadSigningKeys(stateDir: string): Promise<SigningKeys> {
-  const path = `${stateDir}/${SIGNING_KEY_FILE}`;
-  let privateJwk: jose.JWK;
+/** A key shaped like one `supabase gen signing-key --algorithm ES256` writes. */
+async function generateSigningKey(): Promise<jose.JWK> {
+  const { privateKey } = await jose.generateKeyPair("ES256", { extractable: true });
+  const { kty, d, crv, x, y } = await jose.exportJWK(privateKey);
+  return {
+    kty,
+    kid: crypto.randomUUID(),
+    use: "sig",
+    key_ops: ["sign", "verify"],
+    alg: "ES256",
+    ext: true,
+    d,
+    crv,
+    x,
+    y,
+  };
+}
+
+/**
+ * Loads the project's signing keys (default: `[auth] signing_keys_path`),
+ * creating the file with one ES256 key on first use. The first private EC
+ * key signs; every key in the file is published.
+ */
+export async function loadSigningKeys(
+  { path }: { path?: string } = {},
+): Promise<SigningKeys> {
+  const file = path ?? await signingKeysPath();
+  let keys: jose.JWK[];
   try {
-    privateJwk = JSON.parse(await Deno.readTextFile(path));
+    keys = JSON.parse(await Deno.readTextFile(file));
   } catch (error) {
     if (!(error instanceof Deno.errors.NotFound)) throw error;
-    const { privateKey } = await jose.generateKeyPair("ES256", { extractable: true });
-    privateJwk = {
-      ...(await jose.exportJWK(privateKey)),
-      kid: crypto.randomUUID(),
-      alg: "ES256",
-      use: "sig",
-    };
-    await Deno.mkdir(`${stateDir}/gateway`, { recursive: true });
-    // Written aside then renamed, so a concurrent start never reads half a key.
-    const tmp = `${path}.${crypto.randomUUID()}.tmp`;
-    await Deno.writeTextFile(tmp, JSON.stringify(privateJwk, null, 2) + "\n", { mode: 0o600 });
+    keys = [await generateSigningKey()];
+    await Deno.mkdir(file.replace(/\/[^/]*$/, ""), { recursive: true });
+    // Written aside then linked into place, so a concurrent start never reads
+    // half a key and two starts never end up with different keys.
+    const tmp = `${file}.${crypto.randomUUID()}.tmp`;
+    await Deno.writeTextFile(tmp, JSON.stringify(keys, null, 2) + "\n", { mode: 0o600 });
     try {
-      await Deno.link(tmp, path);
+      await Deno.link(tmp, file);
     } catch (linkError) {
       if (!(linkError instanceof Deno.errors.AlreadyExists)) throw linkError;
-      privateJwk = JSON.parse(await Deno.readTextFile(path));
+      keys = JSON.parse(await Deno.readTextFile(file));
     } finally {
       await Deno.remove(tmp);
     }
   }
-  return { privateJwk, jwks: { keys: [publicJwk(privateJwk)] } };
+  if (!Array.isArray(keys)) throw new Error(`${file} is not a JWK array`);
+  const privateJwk = keys.find((key) => key.kty === "EC" && key.d !== undefined);
+  if (!privateJwk?.kid) throw new Error(`${file} holds no private ES256 key with a kid`);
+  return { privateJwk, jwks: { keys: keys.map(publicJwk) } };
+}
+
+// `deno run local/gateway/keys.ts`: create the signing keys file if missing (local/setup.sh).
+if (import.meta.main) {
+  await loadSigningKeys();
+  console.log(await signingKeysPath());
 }

@@ -13,6 +13,11 @@
  *   GATEWAY_PREWARM               start every function at startup (1; 0: on first request)
  *   GATEWAY_WATCH                 restart a function when its files change (1; 0: never)
  *   ALLOWED_ORIGINS               CORS origins, comma-separated (*), passed on to functions
+ *   PROJECT_KEYS                  the kind of project to imitate: signing (default), legacy
+ *                                 or both (see keys.ts); decides the API keys and token
+ *                                 algorithms accepted, the functions' env and .env.local
+ *   SIGNING_KEYS_PATH             the signing keys file (`[auth] signing_keys_path` of
+ *                                 supabase/config.toml)
  */
 import postgres from "postgres";
 import { FunctionHost } from "./functions.ts";
@@ -21,6 +26,8 @@ import {
   ANON_KEY,
   JWT_SECRET,
   loadSigningKeys,
+  projectKeysFromEnv,
+  projectProfile,
   PUBLISHABLE_KEY,
   SECRET_KEY,
   SERVICE_ROLE_KEY,
@@ -53,7 +60,12 @@ const envFile = env("GATEWAY_ENV_FILE", `${REPO}/.env.local`);
 const prewarm = env("GATEWAY_PREWARM", "1") !== "0";
 
 await Deno.mkdir(`${stateDir}/gateway`, { recursive: true });
-const { jwks } = await loadSigningKeys(stateDir);
+const profile = projectProfile(projectKeysFromEnv());
+const signing = await loadSigningKeys();
+// A legacy project publishes no key: its only one is the shared JWT secret.
+// On the other kinds the legacy secret stays trusted ("previously used")
+// until its owner revokes it, so HS256 tokens verify on every kind.
+const jwks = profile.signingKeys ? signing.jwks : { keys: [] };
 const verifier = createJwtVerifier(JWT_SECRET, jwks);
 const sql = postgres(gatewayDbUrl, {
   max: 20,
@@ -70,10 +82,19 @@ const log = await RequestLog.open(env("GATEWAY_REQUEST_LOG", `${stateDir}/gatewa
 
 /** Starts the functions once the port is known, since SUPABASE_URL carries it. */
 function functionHost(url: string): FunctionHost {
+  // What a hosted function finds in its environment (docs: guides/functions/secrets).
+  // The `sb_` keys exist only once the project created them; SUPABASE_JWKS is
+  // what /auth/v1/.well-known/jwks.json serves, so it is empty on a legacy
+  // project. The legacy keys stay injected after they are disabled; the
+  // gateway refuses them.
   const functionEnv: Record<string, string> = {
     SUPABASE_URL: url,
-    SUPABASE_PUBLISHABLE_KEYS: JSON.stringify({ default: PUBLISHABLE_KEY }),
-    SUPABASE_SECRET_KEYS: JSON.stringify({ default: SECRET_KEY }),
+    ...(profile.newApiKeys
+      ? {
+        SUPABASE_PUBLISHABLE_KEYS: JSON.stringify({ default: PUBLISHABLE_KEY }),
+        SUPABASE_SECRET_KEYS: JSON.stringify({ default: SECRET_KEY }),
+      }
+      : {}),
     SUPABASE_JWKS: JSON.stringify(jwks),
     SUPABASE_ANON_KEY: ANON_KEY,
     SUPABASE_SERVICE_ROLE_KEY: SERVICE_ROLE_KEY,
@@ -99,6 +120,7 @@ let functions: FunctionHost | null = null;
 const handler = createHandler({
   sql,
   verifier,
+  profile,
   jwks,
   log,
   get functions() {
@@ -116,20 +138,31 @@ functions = functionHost(url);
 if (env("GATEWAY_WATCH", "1") !== "0") functions.watch();
 
 if (envFile !== "") {
+  // Only the keys that work on this kind of project, so a client configured
+  // from this file behaves as it would against a hosted project of the kind.
   const lines = [
     "# Written by local/gateway.sh: the local stack's URL and keys, as `supabase status -o env` prints them.",
+    `# PROJECT_KEYS=${profile.kind} (local/gateway/keys.ts). ${
+      profile.signingKeys
+        ? "User tokens: ES256 with the first key of [auth] signing_keys_path; HS256 with the JWT secret still valid."
+        : "User tokens: HS256 with the JWT secret."
+    }`,
     `SUPABASE_URL=${url}`,
-    `SUPABASE_PUBLISHABLE_KEY=${PUBLISHABLE_KEY}`,
-    `SUPABASE_SECRET_KEY=${SECRET_KEY}`,
-    `SUPABASE_ANON_KEY=${ANON_KEY}`,
-    `SUPABASE_SERVICE_ROLE_KEY=${SERVICE_ROLE_KEY}`,
+    ...(profile.newApiKeys
+      ? [`SUPABASE_PUBLISHABLE_KEY=${PUBLISHABLE_KEY}`, `SUPABASE_SECRET_KEY=${SECRET_KEY}`]
+      : []),
+    ...(profile.legacyApiKeys
+      ? [`SUPABASE_ANON_KEY=${ANON_KEY}`, `SUPABASE_SERVICE_ROLE_KEY=${SERVICE_ROLE_KEY}`]
+      : []),
     `SUPABASE_JWT_SECRET=${JWT_SECRET}`,
     `SUPABASE_DB_URL=${dbUrl}`,
   ];
   await Deno.writeTextFile(envFile, lines.join("\n") + "\n");
 }
 
-console.log(`gateway listening on ${url} (functions: ${functionsDir})`);
+console.log(
+  `gateway listening on ${url} (functions: ${functionsDir}; PROJECT_KEYS=${profile.kind})`,
+);
 
 if (prewarm) {
   const started = performance.now();

@@ -14,6 +14,7 @@ import { corsHeaders } from "./cors.ts";
 import { CredentialRejected, resolveApiCredential } from "./credentials.ts";
 import type { FunctionHost } from "./functions.ts";
 import type { JwtVerifier } from "./jwt.ts";
+import type { ProjectProfile } from "./keys.ts";
 import { PGRST } from "./postgrest_errors.ts";
 import { callRpc } from "./rpc.ts";
 import type { RequestLog } from "./request_log.ts";
@@ -21,6 +22,8 @@ import type { RequestLog } from "./request_log.ts";
 export interface GatewayDeps {
   sql: Sql;
   verifier: JwtVerifier;
+  /** Which API keys this project accepts (PROJECT_KEYS). */
+  profile: ProjectProfile;
   jwks: unknown;
   functions: FunctionHost;
   log: RequestLog;
@@ -59,7 +62,7 @@ async function handleRest(request: Request, path: string, deps: GatewayDeps): Pr
   }
   let credential;
   try {
-    credential = await resolveApiCredential(request, deps.verifier);
+    credential = await resolveApiCredential(request, deps.verifier, deps.profile);
   } catch (error) {
     if (!(error instanceof CredentialRejected)) throw error;
     const [status, body] = PGRST.jwt(error.message);

@@ -74,9 +74,9 @@ export async function startPrivateStack(log: (line: string) => void): Promise<Pr
       const match = /^\s*([A-Z_][A-Z0-9_]*)\s*=\s*"?([^"]*)"?\s*$/.exec(line);
       if (match) values[match[1]] = match[2];
     }
-    values.SUPABASE_JWT_SIGNING_JWK = await Deno.readTextFile(
-      `${stateDir}/gateway/signing-key.json`,
-    );
+    // The copy's [auth] signing_keys_path, as its gateway reads it.
+    const [signingKey] = JSON.parse(await Deno.readTextFile(`${root}/supabase/signing_keys.json`));
+    values.SUPABASE_JWT_SIGNING_JWK = JSON.stringify(signingKey);
     return {
       root,
       env: values,

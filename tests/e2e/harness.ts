@@ -5,10 +5,18 @@
  * - a real local Supabase (`supabase start` + `supabase functions serve`): set
  *   SUPABASE_URL, and optionally SUPABASE_PUBLISHABLE_KEY, SUPABASE_SECRET_KEY,
  *   SUPABASE_ANON_KEY, SUPABASE_SERVICE_ROLE_KEY, SUPABASE_JWT_SECRET,
- *   SUPABASE_DB_URL (each defaults to the CLI's local value);
+ *   SUPABASE_DB_URL (without any API key, the CLI's local values);
  * - the Docker-free local stack: leave SUPABASE_URL unset and the harness runs
- *   `local/db.sh start` and `local/gateway.sh start` (both idempotent), then
- *   reads the `.env.local` the gateway writes.
+ *   `local/db.sh start` and `local/gateway.sh start` (both idempotent; the
+ *   gateway imitates the kind of project PROJECT_KEYS names), then reads the
+ *   `.env.local` the gateway writes.
+ *
+ * The API keys present say what kind of project it is (`stack.kind`):
+ * publishable/secret keys only → `signing`, anon/service_role keys only →
+ * `legacy`, both → `both`. `stack.publishableKey` and `stack.secretKey` are
+ * the keys a client and an operator of that project use (the anon and
+ * service_role keys on a legacy project), and tokens are minted the way its
+ * Auth signs them: HS256 on a legacy project, ES256 otherwise.
  *
  * Usage:
  *
@@ -18,7 +26,7 @@
  *   Deno.test("a user reads only their own device", async () => {
  *     const stack = await getStack();                    // {url, publishableKey, …, dbUrl}
  *     const alice = await createUser();                  // a row in auth.users: {id, email}
- *     const token = await mintAccessToken(alice.id);     // ES256 by default; {alg: "HS256"}, {expiresIn: -120}
+ *     const token = await mintAccessToken(alice.id);     // the project's algorithm; {alg: "HS256"}, {expiresIn: -120}
  *     const db = await sql();                            // postgres.js as `postgres`, for setup
  *     await db`insert into public.devices (user_id) values (${alice.id})`;
  *     const { data, error } = await (await userClient(token)).rpc("get_device_qr", { p_device_id: id });
@@ -26,10 +34,10 @@
  *     await closeStack();                                // ends the harness's DB pool (resource sanitizer)
  *   });
  *
- * ES256 tokens are signed with the gateway's key (in the state dir), or on a
- * real stack with SUPABASE_JWT_SIGNING_JWK (a private JWK as JSON) or the
- * first private key of supabase/signing_keys.json. HS256 tokens use the JWT
- * secret and work everywhere.
+ * ES256 tokens are signed with SUPABASE_JWT_SIGNING_JWK (a private JWK as
+ * JSON) when set, else with the first private key of the project's
+ * `[auth] signing_keys_path` (supabase/signing_keys.json), as `supabase start`
+ * signs them. HS256 tokens use the JWT secret.
  */
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
 import postgres from "postgres";
@@ -38,16 +46,25 @@ import { type AccessTokenOptions, mintAccessToken as mint } from "../../local/ga
 import {
   ANON_KEY,
   JWT_SECRET,
+  loadSigningKeys,
+  type ProjectKeys,
   PUBLISHABLE_KEY,
   SECRET_KEY,
   SERVICE_ROLE_KEY,
-  SIGNING_KEY_FILE,
 } from "../../local/gateway/keys.ts";
 
 export interface Stack {
   url: string;
+  /** Which API keys the project has (see the top of this file). */
+  kind: ProjectKeys;
+  /** What a client sends as `apikey`: the publishable key, or the anon key on a legacy project. */
   publishableKey: string;
+  /** What an operator sends: the secret key, or the service_role key on a legacy project. */
   secretKey: string;
+  /**
+   * The legacy keys. A migrated project (`signing`) still has them, disabled:
+   * its gateway refuses them (the CLI's values when the env names none).
+   */
   anonKey: string;
   serviceRoleKey: string;
   jwtSecret: string;
@@ -101,12 +118,36 @@ async function healthy(url: string): Promise<boolean> {
 }
 
 function fromEnv(values: Record<string, string | undefined>): Stack {
+  const keyNames = [
+    "SUPABASE_PUBLISHABLE_KEY",
+    "SUPABASE_SECRET_KEY",
+    "SUPABASE_ANON_KEY",
+    "SUPABASE_SERVICE_ROLE_KEY",
+  ];
+  // No key named at all: the CLI's local stack, which has every key.
+  const keys = keyNames.some((name) => values[name]) ? values : {
+    SUPABASE_PUBLISHABLE_KEY: PUBLISHABLE_KEY,
+    SUPABASE_SECRET_KEY: SECRET_KEY,
+    SUPABASE_ANON_KEY: ANON_KEY,
+    SUPABASE_SERVICE_ROLE_KEY: SERVICE_ROLE_KEY,
+  };
+  const publishable = keys.SUPABASE_PUBLISHABLE_KEY;
+  const anon = keys.SUPABASE_ANON_KEY;
+  const client = publishable ?? anon;
+  const operator = keys.SUPABASE_SECRET_KEY ?? keys.SUPABASE_SERVICE_ROLE_KEY;
+  if (!client || !operator) {
+    throw new Error(
+      "the stack's env names no usable key pair: SUPABASE_PUBLISHABLE_KEY + SUPABASE_SECRET_KEY, " +
+        "or SUPABASE_ANON_KEY + SUPABASE_SERVICE_ROLE_KEY",
+    );
+  }
   return {
     url: values.SUPABASE_URL!.replace(/\/$/, ""),
-    publishableKey: values.SUPABASE_PUBLISHABLE_KEY ?? PUBLISHABLE_KEY,
-    secretKey: values.SUPABASE_SECRET_KEY ?? SECRET_KEY,
-    anonKey: values.SUPABASE_ANON_KEY ?? ANON_KEY,
-    serviceRoleKey: values.SUPABASE_SERVICE_ROLE_KEY ?? SERVICE_ROLE_KEY,
+    kind: publishable && anon ? "both" : publishable ? "signing" : "legacy",
+    publishableKey: client,
+    secretKey: operator,
+    anonKey: anon ?? ANON_KEY,
+    serviceRoleKey: keys.SUPABASE_SERVICE_ROLE_KEY ?? SERVICE_ROLE_KEY,
     jwtSecret: values.SUPABASE_JWT_SECRET ?? JWT_SECRET,
     dbUrl: values.SUPABASE_DB_URL ?? LOCAL_DB_URL,
   };
@@ -115,7 +156,9 @@ function fromEnv(values: Record<string, string | undefined>): Stack {
 async function startLocalStack(): Promise<Stack> {
   const url = `http://127.0.0.1:${Deno.env.get("GATEWAY_PORT") ?? "54321"}`;
   await run("local/db.sh", "start");
-  if (!(await healthy(url))) {
+  // A PROJECT_KEYS that names a kind makes sure the gateway is of that kind
+  // (gateway.sh restarts one of another kind); otherwise any running one will do.
+  if (Deno.env.get("PROJECT_KEYS") || !(await healthy(url))) {
     try {
       await run("local/gateway.sh", "start");
     } catch (error) {
@@ -173,44 +216,33 @@ export async function createUser(email?: string): Promise<TestUser> {
   return { id, email: address };
 }
 
-async function loadSigningJwk(): Promise<jose.JWK | undefined> {
+async function loadSigningJwk(): Promise<jose.JWK> {
   const fromEnv = Deno.env.get("SUPABASE_JWT_SIGNING_JWK");
   if (fromEnv) return JSON.parse(fromEnv);
-  const candidates: string[] = [];
-  if (!Deno.env.get("SUPABASE_URL")) {
-    const stateDir = Deno.env.get("GATEWAY_STATE_DIR") ?? await run("local/db.sh", "state-dir");
-    candidates.push(`${stateDir}/${SIGNING_KEY_FILE}`);
-  }
-  candidates.push(`${REPO}/supabase/signing_keys.json`);
-  for (const path of candidates) {
-    try {
-      const parsed = JSON.parse(await Deno.readTextFile(path));
-      const keys: jose.JWK[] = Array.isArray(parsed) ? parsed : [parsed];
-      const key = keys.find((jwk) => jwk.d !== undefined && jwk.kty === "EC");
-      if (key) return key;
-    } catch (error) {
-      if (!(error instanceof Deno.errors.NotFound)) throw error;
-    }
-  }
-  return undefined;
+  return (await loadSigningKeys()).privateJwk;
 }
 
 /**
  * A user access token as Supabase Auth issues it: `role: authenticated`,
- * `aud: authenticated`, `sub` = the user id. Default ES256, one hour.
+ * `aud: authenticated`, `sub` = the user id, one hour. Signed the way the
+ * project's Auth signs (HS256 on a legacy project, ES256 otherwise) unless
+ * `alg` says otherwise.
  */
 export async function mintAccessToken(
   userId: string,
   options: AccessTokenOptions = {},
 ): Promise<string> {
   const stack = await getStack();
-  const alg = options.alg ?? "ES256";
+  const alg = options.alg ?? (stack.kind === "legacy" ? "HS256" : "ES256");
   let privateJwk: jose.JWK | undefined;
   if (alg === "ES256") {
     signingJwk ??= loadSigningJwk();
     privateJwk = await signingJwk;
   }
-  return await mint(userId, { url: stack.url, jwtSecret: stack.jwtSecret, privateJwk }, options);
+  return await mint(userId, { url: stack.url, jwtSecret: stack.jwtSecret, privateJwk }, {
+    ...options,
+    alg,
+  });
 }
 
 const CLIENT_OPTIONS = {

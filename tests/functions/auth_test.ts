@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import * as jose from "jose";
+import type { SupabaseEnv } from "@supabase/server";
 import { supabaseAuth } from "../../supabase/functions/_shared/auth.ts";
 import { ApiError } from "../../supabase/functions/_shared/http.ts";
 import { USER_ID } from "./fakes.ts";
@@ -46,7 +47,7 @@ async function rejection(promise: Promise<unknown>): Promise<ApiError> {
   assert.fail("expected the credentials to be refused");
 }
 
-const userOnly = supabaseAuth({ operators: false, env });
+const userOnly = supabaseAuth({ operators: false, env, serviceRoleKey: SERVICE_ROLE });
 const usersAndOperators = supabaseAuth({ operators: true, env, serviceRoleKey: SERVICE_ROLE });
 
 Deno.test("a valid user token identifies the user", async () => {
@@ -148,11 +149,17 @@ Deno.test("signing keys that cannot be fetched are a 503, not the caller's 401",
   assert.equal(error.status, 503);
 });
 
-Deno.test("no secret key configured is the function's misconfiguration, not the caller's", async () => {
-  const broken = supabaseAuth({ operators: true, env: { ...env, secretKeys: {} } });
-  const error = await rejection(broken(req({ apikey: SECRET })));
-  assert.equal(error.code, "server_misconfigured");
-  assert.equal(error.status, 500);
+Deno.test("no SUPABASE_URL is the function's misconfiguration, not the caller's", async () => {
+  const saved = Deno.env.get("SUPABASE_URL");
+  Deno.env.delete("SUPABASE_URL");
+  try {
+    const broken = supabaseAuth({ operators: true, env: { ...env, url: undefined } });
+    const error = await rejection(broken(req({ apikey: SECRET })));
+    assert.equal(error.code, "server_misconfigured");
+    assert.equal(error.status, 500);
+  } finally {
+    if (saved !== undefined) Deno.env.set("SUPABASE_URL", saved);
+  }
 });
 
 Deno.test("a refused credential's hint tells the caller what to send, not how to configure the function", async () => {
@@ -167,5 +174,258 @@ Deno.test("a refused credential's hint tells the caller what to send, not how to
     const hint = String((error.details as { hint?: string }).hint);
     assert.doesNotMatch(hint, /`auth`/, `hint addressed to the function's author: ${hint}`);
     assert.match(hint, /Authorization: Bearer/);
+  }
+});
+
+// --- Every kind of project -------------------------------------------------------------------
+//
+// A legacy project signs user tokens with its JWT secret (HS256, no `kid`),
+// which no function holds: those tokens go to PostgREST unread. Here a fake
+// PostgREST verifies them as the real one does (HS256 with the project's
+// secret, 401 PGRST301 / PGRST303 otherwise) and records what reached it.
+
+const JWT_SECRET = "legacy-jwt-secret-of-this-test-project-0123456789";
+const ANON = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.legacy-anon-signature";
+
+interface Forwarded {
+  apikey: string | null;
+  authorization: string | null;
+}
+
+/** A PostgREST stand-in on a free port below 32768: verifies HS256 bearers like PostgREST. */
+function fakePostgrest(): {
+  url: string;
+  seen: Forwarded[];
+  [Symbol.asyncDispose](): Promise<void>;
+} {
+  const seen: Forwarded[] = [];
+  const handler = async (request: Request) => {
+    const authorization = request.headers.get("authorization");
+    seen.push({ apikey: request.headers.get("apikey"), authorization });
+    const token = authorization?.replace(/^Bearer /, "") ?? "";
+    try {
+      const { payload } = await jose.jwtVerify(token, new TextEncoder().encode(JWT_SECRET), {
+        algorithms: ["HS256"],
+      });
+      if (!/^[0-9a-f-]{36}$/i.test(String(payload.sub))) {
+        // What `auth.uid()` does with a sub that is no UUID.
+        return Response.json({
+          code: "22P02",
+          message: `invalid input syntax for type uuid: "${payload.sub}"`,
+          details: null,
+          hint: null,
+        }, { status: 400 });
+      }
+      return Response.json({ role: payload.role, sub: payload.sub });
+    } catch (error) {
+      const expired = error instanceof jose.errors.JWTExpired;
+      return Response.json(
+        {
+          code: expired ? "PGRST303" : "PGRST301",
+          message: expired ? "JWT expired" : "JWT cryptographic operation failed",
+          details: null,
+          hint: null,
+        },
+        { status: 401 },
+      );
+    }
+  };
+  for (let attempt = 0;; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    try {
+      const server = Deno.serve({ hostname: "127.0.0.1", port, onListen: () => {} }, handler);
+      return {
+        url: `http://127.0.0.1:${port}`,
+        seen,
+        [Symbol.asyncDispose]: () => server.shutdown(),
+      };
+    } catch (error) {
+      if (!(error instanceof Deno.errors.AddrInUse) || attempt > 20) throw error;
+    }
+  }
+}
+
+async function legacyToken(
+  { secret = JWT_SECRET, expiresIn = "1h", sub = USER_ID }: {
+    secret?: string;
+    expiresIn?: string;
+    sub?: string;
+  } = {},
+) {
+  return await new jose.SignJWT({ role: "authenticated", aud: "authenticated" })
+    .setProtectedHeader({ alg: "HS256", typ: "JWT" })
+    .setSubject(sub)
+    .setIssuedAt()
+    .setExpirationTime(expiresIn)
+    .sign(new TextEncoder().encode(secret));
+}
+
+/** What the platform injects for each kind (local/gateway/keys.ts describes the kinds). */
+function projectEnv(kind: "legacy" | "signing" | "both", url: string): Partial<SupabaseEnv> {
+  const none: Record<string, string> = {};
+  return {
+    url,
+    publishableKeys: kind === "legacy" ? none : { default: PUBLISHABLE },
+    secretKeys: kind === "legacy" ? none : { default: SECRET },
+    // A legacy project's JWKS is empty: the shared secret is never published.
+    jwks: kind === "legacy" ? { keys: [] } : jwks,
+  };
+}
+
+function authFor(kind: "legacy" | "signing" | "both", url: string, operators: boolean) {
+  return supabaseAuth({
+    operators,
+    env: projectEnv(kind, url),
+    anonKey: ANON,
+    serviceRoleKey: SERVICE_ROLE,
+  });
+}
+
+Deno.test("legacy project: a valid HS256 user token reaches the database unread, which accepts it", async () => {
+  await using postgrest = fakePostgrest();
+  const token = await legacyToken();
+  for (const operators of [false, true]) {
+    const caller = await authFor("legacy", postgrest.url, operators)(
+      req({ authorization: `Bearer ${token}`, apikey: ANON }),
+    );
+    assert.equal(caller.kind, "user");
+    // Verified by the database, not here: no claim of it is trusted.
+    assert.equal(caller.kind === "user" && caller.userId, null);
+    assert.deepEqual(await caller.rpc("get_device_qr", {}), {
+      role: "authenticated",
+      sub: USER_ID,
+    });
+  }
+  // Sent as it came, with the project's anon key as the API key.
+  assert.deepEqual(postgrest.seen, [
+    { apikey: ANON, authorization: `Bearer ${token}` },
+    { apikey: ANON, authorization: `Bearer ${token}` },
+  ]);
+});
+
+Deno.test("both kinds of key: an HS256 token goes to the database with the publishable key", async () => {
+  await using postgrest = fakePostgrest();
+  const token = await legacyToken();
+  const caller = await authFor("both", postgrest.url, false)(
+    req({ authorization: `Bearer ${token}`, apikey: PUBLISHABLE }),
+  );
+  await caller.rpc("get_device_qr", {});
+  assert.deepEqual(postgrest.seen, [{ apikey: PUBLISHABLE, authorization: `Bearer ${token}` }]);
+});
+
+for (const kind of ["legacy", "both", "signing"] as const) {
+  Deno.test(`${kind} project: a forged or expired HS256 token is refused by the database with 401`, async () => {
+    await using postgrest = fakePostgrest();
+    for (
+      const token of [
+        await legacyToken({ secret: "not-the-secret-of-this-project-0123456789abcdef" }),
+        await legacyToken({ expiresIn: "-2m" }),
+      ]
+    ) {
+      const caller = await authFor(kind, postgrest.url, true)(
+        req({ authorization: `Bearer ${token}` }),
+      );
+      const error = await rejection(caller.rpc("get_device_qr", {}));
+      assert.equal(error.code, "unauthorized");
+      assert.equal(error.status, 401);
+    }
+    assert.equal(postgrest.seen.length, 2);
+  });
+
+  Deno.test(`${kind} project: alg none, an unknown kid and a malformed token are refused here`, async () => {
+    await using postgrest = fakePostgrest();
+    const none = [
+      btoa(JSON.stringify({ alg: "none", typ: "JWT" })),
+      btoa(JSON.stringify({ sub: USER_ID, role: "authenticated" })),
+      "",
+    ].join(".").replaceAll("=", "");
+    const other = await jose.generateKeyPair("ES256");
+    const unknownKid = await new jose.SignJWT({ role: "authenticated", aud: "authenticated" })
+      .setProtectedHeader({ alg: "ES256", kid: "not-a-key-of-this-project" })
+      .setSubject(USER_ID)
+      .setExpirationTime("1h")
+      .sign(other.privateKey);
+    for (const token of [none, unknownKid, "not-a-jwt", "e30.e30"]) {
+      const error = await rejection(
+        authFor(kind, postgrest.url, true)(req({ authorization: `Bearer ${token}` })),
+      );
+      assert.equal(error.code, "unauthorized", token);
+    }
+    assert.equal(postgrest.seen.length, 0, "nothing refusable here reaches the database");
+  });
+
+  Deno.test(`${kind} project: the anon key as bearer is nobody, and never reaches the database`, async () => {
+    await using postgrest = fakePostgrest();
+    for (const operators of [false, true]) {
+      const error = await rejection(
+        authFor(kind, postgrest.url, operators)(req({ authorization: `Bearer ${ANON}` })),
+      );
+      assert.equal(error.code, "unauthorized");
+      assert.equal((error.details as { reason: string }).reason, "API_KEY_NOT_A_USER_TOKEN");
+    }
+    assert.equal(postgrest.seen.length, 0);
+  });
+}
+
+Deno.test("legacy project: sb_ keys identify nobody (401, not a 500)", async () => {
+  for (const headers of [{ apikey: SECRET }, { apikey: PUBLISHABLE }, { apikey: "sb_secret_x" }]) {
+    for (const operators of [false, true]) {
+      const error = await rejection(
+        authFor("legacy", "http://127.0.0.1:9", operators)(req(headers)),
+      );
+      assert.equal(error.code, "unauthorized", JSON.stringify(headers));
+      assert.equal(error.status, 401);
+    }
+  }
+});
+
+Deno.test("legacy project: an ES256 token is refused, since the JWKS holds no key", async () => {
+  const error = await rejection(
+    authFor("legacy", "http://127.0.0.1:9", false)(
+      req({ authorization: `Bearer ${await userToken()}` }),
+    ),
+  );
+  assert.equal(error.code, "unauthorized");
+});
+
+Deno.test("legacy project: the service_role key is an operator, and its RPC carries that key", async () => {
+  await using postgrest = fakePostgrest();
+  const caller = await authFor("legacy", postgrest.url, true)(req({ apikey: SERVICE_ROLE }));
+  assert.equal(caller.kind, "operator");
+  await rejection(caller.rpc("assignment_health", {}));
+  assert.deepEqual(postgrest.seen, [{
+    apikey: SERVICE_ROLE,
+    authorization: `Bearer ${SERVICE_ROLE}`,
+  }]);
+});
+
+Deno.test("signing project: the secret key is an operator, even beside a stale HS256 token", async () => {
+  const auth = authFor("signing", "http://127.0.0.1:9", true);
+  assert.equal((await auth(req({ apikey: SECRET }))).kind, "operator");
+  const stale = await legacyToken({ expiresIn: "-2m" });
+  assert.equal(
+    (await auth(req({ apikey: SECRET, authorization: `Bearer ${stale}` }))).kind,
+    "operator",
+  );
+});
+
+Deno.test("signing and both: an ES256 token is verified here and names its user", async () => {
+  for (const kind of ["signing", "both"] as const) {
+    const caller = await authFor(kind, "http://127.0.0.1:9", true)(
+      req({ authorization: `Bearer ${await userToken()}`, apikey: PUBLISHABLE }),
+    );
+    assert.equal(caller.kind === "user" && caller.userId, USER_ID);
+  }
+});
+
+Deno.test("legacy project: a validly signed HS256 token whose sub is no user is 401, not a 500", async () => {
+  await using postgrest = fakePostgrest();
+  for (const sub of ["user_2abc", ""]) {
+    const caller = await authFor("legacy", postgrest.url, false)(
+      req({ authorization: `Bearer ${await legacyToken({ sub })}`, apikey: ANON }),
+    );
+    const error = await rejection(caller.rpc("get_device_qr", {}));
+    assert.equal(error.code, "unauthorized");
+    assert.equal((error.details as { reason: string }).reason, "SUBJECT_NOT_A_USER_ID");
   }
 });

@@ -40,7 +40,7 @@ Deno.test("functions run in their own processes, configured as on the platform",
     ALLOWED_ORIGINS: ORIGIN,
     GATEWAY_TEST_LEAK: "must not reach functions",
   });
-  const { privateJwk } = await loadSigningKeys(gateway.stateDir);
+  const { privateJwk } = await loadSigningKeys();
   const token = await mintAccessToken(crypto.randomUUID(), {
     url: gateway.url,
     jwtSecret: JWT_SECRET,

@@ -57,7 +57,7 @@ const TABLE: [string, string, number][] = [
 Deno.test("database errors map to HTTP as PostgREST maps them", async (t) => {
   const gateway = await startGateway();
   const db = postgres(gateway.dbUrl, { max: 1, onnotice: () => {} });
-  const { privateJwk } = await loadSigningKeys(gateway.stateDir);
+  const { privateJwk } = await loadSigningKeys();
   const userToken = await mintAccessToken(crypto.randomUUID(), {
     url: gateway.url,
     jwtSecret: JWT_SECRET,

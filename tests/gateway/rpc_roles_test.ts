@@ -26,9 +26,10 @@ const NOTHING = `gw_test_nothing_${SUFFIX}`;
 const WHOLE = `gw_test_whole_${SUFFIX}`;
 
 Deno.test("RPC runs as the caller's role with PostgREST's request settings", async (t) => {
-  const gateway = await startGateway();
+  // Mid-migration, so every kind of key and token is live (keys.ts, ProjectKeys).
+  const gateway = await startGateway({ PROJECT_KEYS: "both" });
   const db = postgres(gateway.dbUrl, { max: 1, onnotice: () => {} });
-  const { privateJwk } = await loadSigningKeys(gateway.stateDir);
+  const { privateJwk } = await loadSigningKeys();
   const userId = crypto.randomUUID();
   const signing = { url: gateway.url, jwtSecret: JWT_SECRET, privateJwk };
   const es256 = await mintAccessToken(userId, signing, { alg: "ES256", email: "a@example.test" });

@@ -1,8 +1,18 @@
 /**
- * Who is calling: a signed-in user (their JWT, verified against the project's
- * JWKS by @supabase/server) or an operator (the project's secret key). The
- * caller comes back with an `Rpc` bound to the right database role, so a
- * handler cannot call SQL with more rights than the caller has.
+ * Who is calling: a signed-in user (their access token) or an operator (the
+ * project's secret key, or on a project without one its legacy service_role
+ * key). The caller comes back with an `Rpc` bound to the right database role,
+ * so a handler cannot call SQL with more rights than the caller has.
+ *
+ * Works on every kind of project, with nothing to configure beyond what the
+ * platform injects (docs: guides/functions/secrets):
+ *
+ * - tokens the function can verify (ES256/RS256 against SUPABASE_JWKS) are
+ *   verified here by @supabase/server;
+ * - HS256 tokens signed with a shared secret the function does not hold (the
+ *   legacy JWT secret: on a legacy project, and during a migration) are not
+ *   read at all: the RPC carries them to PostgREST, which verifies them and
+ *   runs the SQL as their user (`auth.uid()`), or refuses them with 401.
  *
  * `createSupabaseContext` is used rather than `withSupabase`: the two run the
  * same verification, but `withSupabase` answers failures itself with its own
@@ -11,42 +21,81 @@
  */
 import { createSupabaseContext } from "@supabase/server";
 import type { SupabaseEnv } from "@supabase/server";
+import { createContextClient, resolveEnv } from "@supabase/server/core";
 import { createClient } from "@supabase/supabase-js";
 import { ApiError } from "./http.ts";
-import { type Rpc, rpcThrough } from "./rpc.ts";
+import { type Rpc, rpcThrough, subjectNotAUser } from "./rpc.ts";
 
 const USER_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 export type Caller =
-  | { kind: "user"; userId: string; rpc: Rpc }
+  /**
+   * `userId` is null when the token was left to the database to verify: its
+   * claims are unverified here and must not decide anything. The SQL knows
+   * the user from `auth.uid()` either way.
+   */
+  | { kind: "user"; userId: string | null; rpc: Rpc }
   | { kind: "operator"; rpc: Rpc };
 
 export type Authenticate = (request: Request) => Promise<Caller>;
 
 export interface AuthOptions {
-  /** Accept operators (secret key) besides users. */
+  /** Accept operators (secret key, or the legacy service_role key) besides users. */
   operators: boolean;
   /** Overrides for SUPABASE_URL, keys and JWKS; tests pass their own. */
   env?: Partial<SupabaseEnv>;
   /**
-   * The legacy JWT-shaped service-role key (SUPABASE_SERVICE_ROLE_KEY), still
-   * injected by the platform. @supabase/server refuses legacy keys by design,
-   * so it is matched here, and only for operator endpoints.
+   * The legacy JWT-shaped keys the platform injects on every project
+   * (SUPABASE_SERVICE_ROLE_KEY, SUPABASE_ANON_KEY; read from the environment
+   * unless given). @supabase/server refuses legacy keys by design, so they
+   * are matched here: the service_role key is an operator on operator
+   * endpoints; neither ever identifies a user.
    */
   serviceRoleKey?: string;
+  anonKey?: string;
 }
 
 export function supabaseAuth(options: AuthOptions): Authenticate {
+  const serviceRoleKey = "serviceRoleKey" in options
+    ? options.serviceRoleKey
+    : Deno.env.get("SUPABASE_SERVICE_ROLE_KEY");
+  const anonKey = "anonKey" in options ? options.anonKey : Deno.env.get("SUPABASE_ANON_KEY");
+  const legacyKeys = [anonKey, serviceRoleKey].filter((key): key is string => Boolean(key));
+
   return async (request) => {
-    if (options.operators && options.serviceRoleKey) {
-      const operator = await legacyServiceRole(request, options.serviceRoleKey, options.env?.url);
-      if (operator) return operator;
+    const { data: env, error: envError } = resolveEnv(options.env);
+    if (envError) throw misconfigured(envError.code);
+    const apikey = request.headers.get("apikey");
+    const bearer = bearerToken(request);
+
+    if (options.operators && serviceRoleKey) {
+      for (const candidate of [apikey, bearer]) {
+        if (candidate && await sameSecret(candidate, serviceRoleKey)) {
+          return { kind: "operator", rpc: rpcThrough(legacyAdminClient(env.url, serviceRoleKey)) };
+        }
+      }
+    }
+    // supabase-js on a legacy project sends the anon key as the bearer while
+    // nobody is signed in: a valid JWT, but no user's.
+    if (bearer && await isOneOf(bearer, legacyKeys)) {
+      throw new ApiError("unauthorized", "An API key is not a user's access token.", {
+        details: { reason: "API_KEY_NOT_A_USER_TOKEN", hint: callerHint(options.operators) },
+      });
+    }
+
+    const hasSecretKeys = Object.keys(env.secretKeys).length > 0;
+    // Operators first: an `apikey` that is a secret key wins even when a
+    // stale user token rides along in Authorization.
+    const operatorAttempt = options.operators && hasSecretKeys &&
+      !!apikey?.startsWith("sb_secret_");
+    if (bearer && !operatorAttempt && onlyTheDatabaseCanVerify(bearer, env.jwks)) {
+      return { kind: "user", userId: null, rpc: rpcThrough(databaseVerifiedClient(env, bearer)) };
     }
 
     const { data: ctx, error } = await createSupabaseContext(request, {
-      // Operators first: an `apikey` that is a secret key wins even when a
-      // stale user token rides along in Authorization.
-      auth: options.operators ? ["secret:*", "user"] : "user",
+      // A project without secret keys (legacy) has no `secret` mode to offer;
+      // asking for it would turn every refusal into a 500 "no keys configured".
+      auth: options.operators && hasSecretKeys ? ["secret:*", "user"] : "user",
       env: options.env,
       cors: "disabled",
     });
@@ -56,19 +105,64 @@ export function supabaseAuth(options: AuthOptions): Authenticate {
       // Devices belong to Supabase Auth users, whose ids are UUIDs. A token
       // signed by a trusted key but naming anything else (third-party auth,
       // an empty sub) identifies nobody here; the SQL would only fail on the cast.
-      if (!USER_ID.test(ctx.userClaims.id ?? "")) {
-        throw new ApiError("unauthorized", "The token's subject is not a user of this project.", {
-          details: {
-            reason: "SUBJECT_NOT_A_USER_ID",
-            hint: "Sign in with Supabase Auth; its access tokens carry the user's UUID in sub.",
-          },
-        });
-      }
+      if (!USER_ID.test(ctx.userClaims.id ?? "")) throw subjectNotAUser();
       return { kind: "user", userId: ctx.userClaims.id, rpc: rpcThrough(ctx.supabase) };
     }
     if (ctx.authMode === "secret") return { kind: "operator", rpc: rpcThrough(ctx.supabaseAdmin) };
     throw new ApiError("unauthorized", "These credentials do not identify a user.");
   };
+
+  /**
+   * A client that sends the caller's token to PostgREST as it is, with the
+   * project's publishable key (or, on a project without one, the anon key:
+   * the same `anon` API key in its legacy form) as `apikey`.
+   */
+  function databaseVerifiedClient(env: SupabaseEnv, token: string) {
+    const publishableKeys = Object.keys(env.publishableKeys).length > 0
+      ? env.publishableKeys
+      : anonKey
+      ? { default: anonKey }
+      : null;
+    if (!publishableKeys) throw misconfigured("NO_PUBLISHABLE_OR_ANON_KEY");
+    return createContextClient({ auth: { token }, env: { ...env, publishableKeys } });
+  }
+}
+
+function bearerToken(request: Request): string | null {
+  const authorization = request.headers.get("authorization");
+  return authorization?.startsWith("Bearer ") ? authorization.slice(7) || null : null;
+}
+
+/**
+ * True for an HS256 token whose secret is not in SUPABASE_JWKS: the legacy
+ * JWT secret (no `kid`), which the platform never publishes, or a shared-secret
+ * signing key (a `kid` the JWKS does not hold as a symmetric key). Only the
+ * header is read, and only to choose who verifies; nothing in it is trusted.
+ */
+function onlyTheDatabaseCanVerify(token: string, jwks: SupabaseEnv["jwks"]): boolean {
+  const header = jwtHeader(token);
+  if (header?.alg !== "HS256") return false;
+  if (!jwks || jwks instanceof URL || header.kid === undefined) return true;
+  return !jwks.keys.some((key) =>
+    key.kty === "oct" && key.alg === "HS256" && key.kid === header.kid
+  );
+}
+
+function jwtHeader(token: string): { alg?: unknown; kid?: unknown } | null {
+  const [encoded, payload, signature] = token.split(".");
+  if (!encoded || payload === undefined || signature === undefined) return null;
+  try {
+    const header = JSON.parse(atob(encoded.replaceAll("-", "+").replaceAll("_", "/")));
+    return header !== null && typeof header === "object" ? header : null;
+  } catch {
+    return null;
+  }
+}
+
+function legacyAdminClient(url: string, serviceRoleKey: string) {
+  return createClient(url, serviceRoleKey, {
+    auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+  });
 }
 
 interface ServerError {
@@ -83,6 +177,15 @@ function callerHint(operators: boolean): string {
   const user =
     "Send the signed-in user's access token as `Authorization: Bearer <token>`, with the publishable key in `apikey`";
   return operators ? `${user}; operators send the secret key in \`apikey\`.` : `${user}.`;
+}
+
+function misconfigured(reason: string): ApiError {
+  console.log(JSON.stringify({ level: "error", event: "auth_misconfigured", reason }));
+  return new ApiError(
+    "server_misconfigured",
+    "This function cannot check credentials: its environment is incomplete.",
+    { details: { reason } },
+  );
 }
 
 /**
@@ -100,43 +203,15 @@ function authFailure(error: ServerError, operators: boolean): ApiError {
       { details },
     );
   }
-  if (error.status >= 500) {
-    console.log(
-      JSON.stringify({ level: "error", event: "auth_misconfigured", reason: error.code }),
-    );
-    return new ApiError(
-      "server_misconfigured",
-      "This function cannot check credentials: its environment is incomplete.",
-      { details: { reason: error.code } },
-    );
-  }
+  if (error.status >= 500) return misconfigured(error.code);
   return new ApiError("unauthorized", error.message.replace(/^\[@supabase\/server\]\s*/, ""), {
     details,
   });
 }
 
-async function legacyServiceRole(
-  request: Request,
-  serviceRoleKey: string,
-  url: string | undefined,
-): Promise<Caller | null> {
-  const apikey = request.headers.get("apikey");
-  const authorization = request.headers.get("authorization");
-  const bearer = authorization?.startsWith("Bearer ") ? authorization.slice(7) : null;
-  const candidates = [apikey, bearer].filter((v): v is string => Boolean(v));
-  for (const candidate of candidates) {
-    if (await sameSecret(candidate, serviceRoleKey)) {
-      const supabaseUrl = url ?? Deno.env.get("SUPABASE_URL");
-      if (!supabaseUrl) {
-        throw new ApiError("server_misconfigured", "SUPABASE_URL is not set for this function.");
-      }
-      const client = createClient(supabaseUrl, serviceRoleKey, {
-        auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
-      });
-      return { kind: "operator", rpc: rpcThrough(client) };
-    }
-  }
-  return null;
+async function isOneOf(given: string, keys: string[]): Promise<boolean> {
+  for (const key of keys) if (await sameSecret(given, key)) return true;
+  return false;
 }
 
 /** Compares digests, so the time taken says nothing about how much of the key matched. */

@@ -94,8 +94,23 @@ export function rpcError(status: number, error: PostgrestFailure): ApiError {
       details: { hint: "Sign in again to get a fresh access token." },
     });
   }
+  // Every uuid argument is validated before the call, so a uuid cast that
+  // fails in the database is `auth.uid()` casting the token's `sub`: a token
+  // signed with the project's legacy JWT secret (verified by PostgREST, never
+  // read here) that names no Supabase Auth user.
+  if (code === "22P02" && message.includes("type uuid")) return subjectNotAUser();
   console.log(JSON.stringify({ level: "error", event: "rpc_failed", status, sqlstate: code }));
   return new ApiError("internal_error", "The database answered with an unexpected error.");
+}
+
+/** A validly signed token whose `sub` is not a Supabase Auth user id (a UUID). */
+export function subjectNotAUser(): ApiError {
+  return new ApiError("unauthorized", "The token's subject is not a user of this project.", {
+    details: {
+      reason: "SUBJECT_NOT_A_USER_ID",
+      hint: "Sign in with Supabase Auth; its access tokens carry the user's UUID in sub.",
+    },
+  });
 }
 
 export function databaseUnavailable(): ApiError {
