@@ -181,6 +181,14 @@ Deno.test("functions run in their own processes, configured as on the platform",
       }
     });
 
+    await t.step("a function's answer to a body it never read reaches the client", async () => {
+      for (let i = 0; i < 5; i++) {
+        const response = await invoke("early", { method: "POST", body: "x".repeat(1 << 20) });
+        assert.equal(response.status, 413);
+        assert.deepEqual(await response.json(), { declared: 1 << 20 });
+      }
+    });
+
     await t.step("a function reaches HTTPS hosts through this machine's certificates", async () => {
       const response = await invoke("tls-fetch");
       assert.deepEqual(await response.json(), { status: 200 });
