@@ -226,50 +226,6 @@ function resolvePath(base: string, path: string): string {
   return path.startsWith("/") ? path : new URL(path, `file://${base}/`).pathname;
 }
 
-const BODY_BUFFER_BYTES = 8 << 20;
-
-/**
- * The request body for the hop to the function, read ahead up to 8 MiB: Deno
- * 2.1.4's server drops the connection when a function answers before reading
- * the whole body (a 413 on the declared length, say), which would turn that
- * answer into a failed hop. Larger bodies stream on after what was read.
- */
-async function bufferedBody(
-  body: ReadableStream<Uint8Array<ArrayBuffer>> | null,
-): Promise<BodyInit | null> {
-  if (body === null) return null;
-  const reader = body.getReader();
-  const chunks: Uint8Array<ArrayBuffer>[] = [];
-  let size = 0;
-  while (size <= BODY_BUFFER_BYTES) {
-    const { value, done } = await reader.read();
-    if (done) {
-      const whole = new Uint8Array(size);
-      let offset = 0;
-      for (const chunk of chunks) {
-        whole.set(chunk, offset);
-        offset += chunk.length;
-      }
-      return whole;
-    }
-    chunks.push(value);
-    size += value.length;
-  }
-  return new ReadableStream<Uint8Array<ArrayBuffer>>({
-    start(controller) {
-      for (const chunk of chunks) controller.enqueue(chunk);
-    },
-    async pull(controller) {
-      const { value, done } = await reader.read();
-      if (done) controller.close();
-      else controller.enqueue(value);
-    },
-    cancel(reason) {
-      return reader.cancel(reason);
-    },
-  });
-}
-
 /** The functions of a project: its functions directory and config.toml. */
 export class FunctionCatalog {
   private tomlCache: { mtime: number; functions: Record<string, Record<string, unknown>> } | null =
@@ -666,7 +622,7 @@ export class FunctionHost {
       const upstream = await fetch(`http://127.0.0.1:${instance.port}${path}${target.search}`, {
         method: request.method,
         headers,
-        body: await bufferedBody(request.body),
+        body: request.body,
         redirect: "manual",
         signal: AbortSignal.any([request.signal, wallClock.signal]),
       });
@@ -675,9 +631,10 @@ export class FunctionHost {
         statusText: upstream.statusText,
         headers: upstream.headers,
       });
-    } catch {
+    } catch (error) {
       if (request.signal.aborted) return new Response(null, { status: 499 });
       if (wallClock.signal.aborted) return platformError(request, "idleTimeout");
+      console.error(`function hop ${path} failed: ${error}`);
       // Wait briefly for the exit (and its last words), so the next request gets a fresh process.
       await Promise.race([
         instance.exited,
