@@ -37,12 +37,12 @@ fi
 # The Deno the hosted edge runtime embeds, for the function processes
 # (local/gateway/functions.ts); the tooling keeps the root package's Deno.
 EDGE_DIR="$ROOT/local/edge-runtime"
-EDGE_DENO="$EDGE_DIR/node_modules/deno/deno"
+EDGE_DENO="$EDGE_DIR/node_modules/@deno/linux-x64-glibc/deno"
 if [ ! -x "$EDGE_DENO" ] || [ "$EDGE_DIR/package-lock.json" -nt "$EDGE_DIR/node_modules/.package-lock.json" ]; then
   log "installing the edge runtime's Deno (npm ci in local/edge-runtime)"
   (cd "$EDGE_DIR" && npm ci --no-audit --no-fund >/dev/null 2>&1) || (cd "$EDGE_DIR" && npm ci --no-audit --no-fund)
 fi
-want="$(sed -n 's/.*"deno": "\(.*\)".*/\1/p' "$EDGE_DIR/package.json")"
+want="$(sed -n 's/.*"@deno\/linux-x64-glibc": "\(.*\)".*/\1/p' "$EDGE_DIR/package.json")"
 have="$("$EDGE_DENO" --version 2>/dev/null | sed -n 's/^deno \([^ ]*\).*/\1/p')"
 if [ "$have" != "$want" ]; then
   log "$EDGE_DENO is '${have:-missing}', not $want; remove $EDGE_DIR/node_modules and retry"

@@ -36,12 +36,14 @@ const BOOT_TIMEOUT_MS = 60_000;
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_-]*$/;
 
 /**
- * The Deno of supabase/edge-runtime (2.1.4), from the npm package `deno`. The
- * binary itself, not `node_modules/.bin/deno` (a Node shim), so the pid the
- * memory watchdog reads is the function's.
+ * The Deno of supabase/edge-runtime (2.1.4): the linux-x64 binary package of
+ * npm's `deno` (local/edge-runtime/package.json says why not `deno` itself).
+ * The binary, not a Node shim, so the pid the memory watchdog reads is the function's.
  */
-export const EDGE_RUNTIME_DENO =
-  new URL("../edge-runtime/node_modules/deno/deno", import.meta.url).pathname;
+export const EDGE_RUNTIME_DENO = new URL(
+  "../edge-runtime/node_modules/@deno/linux-x64-glibc/deno",
+  import.meta.url,
+).pathname;
 
 /**
  * The platform's limits. Memory: `SUPABASE_RESOURCE_LIMIT_MEM_MB = "256"` in
