@@ -14,12 +14,59 @@ STATE="$(local/db.sh state-dir)"
 export DEMO_LOG_DIR="${DEMO_LOG_DIR:-$STATE/demo}"
 mkdir -p "$DEMO_LOG_DIR"
 
+export DB_PORT="${DB_PORT:-54322}"
+export GATEWAY_PORT="${GATEWAY_PORT:-54321}"
+
 log() { printf '[dev] %s\n' "$*" >&2; }
 reachable() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# Leave running what was running before us (a test session, `make up`).
-db_was_up=0; reachable "${DB_PORT:-54322}" && db_was_up=1
-gw_was_up=0; reachable "${GATEWAY_PORT:-54321}" && gw_was_up=1
+# The pid listening on a port, when the system tells (ss needs to see the process).
+port_holder() {
+  ss -Hltnp "sport = :$1" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1
+}
+
+# This checkout's database: its postmaster.pid names a live process on DB_PORT.
+our_db_is_up() {
+  local pidfile="$STATE/pgdata/postmaster.pid"
+  [ -f "$pidfile" ] && kill -0 "$(head -1 "$pidfile")" 2>/dev/null \
+    && [ "$(sed -n 4p "$pidfile")" = "$DB_PORT" ]
+}
+
+# This checkout's gateway: its pid file names a live session that holds GATEWAY_PORT.
+our_gateway_is_up() {
+  local pidfile="$STATE/gateway/gateway.pid" holder
+  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null || return 1
+  holder="$(port_holder "$GATEWAY_PORT")"
+  [ -n "$holder" ] && [ "$(ps -o sid= -p "$holder" | tr -d ' ')" = "$(cat "$pidfile")" ]
+}
+
+# Refuses a port held by anything but this checkout's own stack, naming the holder.
+refuse_foreign() { # refuse_foreign <port> <what>
+  local holder who=""
+  holder="$(port_holder "$1")"
+  if [ -n "$holder" ]; then
+    who=" by pid $holder ($(tr '\0' ' ' <"/proc/$holder/cmdline" 2>/dev/null | cut -c1-160)"
+    who+="; working directory $(readlink "/proc/$holder/cwd" 2>/dev/null || echo unknown))"
+  fi
+  log "port $1 ($2) is held$who, which is not this checkout's stack ($ROOT)."
+  log "Stop that stack (\`make down\` in its checkout), or pick free ports:" \
+    "DB_PORT=… GATEWAY_PORT=… DEMO_PORT=… make dev"
+  exit 1
+}
+
+# Leave running what this checkout ran before us (a test session, `make up`);
+# never borrow another checkout's stack, whose database has other data and code.
+db_was_up=0
+if reachable "$DB_PORT"; then
+  our_db_is_up || refuse_foreign "$DB_PORT" "database"
+  db_was_up=1
+fi
+gw_was_up=0
+if reachable "$GATEWAY_PORT"; then
+  our_gateway_is_up || refuse_foreign "$GATEWAY_PORT" "API gateway"
+  gw_was_up=1
+fi
+if reachable "$DEMO_PORT"; then refuse_foreign "$DEMO_PORT" "demo page"; fi
 
 demo_pid=""
 cleanup() {

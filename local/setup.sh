@@ -34,6 +34,37 @@ if [ ! -x "$ROOT/node_modules/.bin/deno" ] || [ ! -x "$ROOT/node_modules/.bin/su
   (cd "$ROOT" && npm ci --no-audit --no-fund >/dev/null 2>&1) || (cd "$ROOT" && npm ci --no-audit --no-fund)
 fi
 
+# The Deno the hosted edge runtime embeds, for the function processes
+# (local/gateway/functions.ts); the tooling keeps the root package's Deno.
+EDGE_DIR="$ROOT/local/edge-runtime"
+EDGE_DENO="$EDGE_DIR/node_modules/@deno/linux-x64-glibc/deno"
+if [ ! -x "$EDGE_DENO" ] || [ "$EDGE_DIR/package-lock.json" -nt "$EDGE_DIR/node_modules/.package-lock.json" ]; then
+  log "installing the edge runtime's Deno (npm ci in local/edge-runtime)"
+  (cd "$EDGE_DIR" && npm ci --no-audit --no-fund >/dev/null 2>&1) || (cd "$EDGE_DIR" && npm ci --no-audit --no-fund)
+fi
+want="$(sed -n 's/.*"@deno\/linux-x64-glibc": "\(.*\)".*/\1/p' "$EDGE_DIR/package.json")"
+have="$("$EDGE_DENO" --version 2>/dev/null | sed -n 's/^deno \([^ ]*\).*/\1/p')"
+if [ "$have" != "$want" ]; then
+  log "$EDGE_DENO is '${have:-missing}', not $want; remove $EDGE_DIR/node_modules and retry"
+  exit 1
+fi
+
+# Every module graph, downloaded now, so nothing downloads later: function
+# processes may not (--cached-only), and a test must never pass only because
+# the cache was warm. First what the tooling runs, with the root deno.json
+# (the fixture functions are served, never imported, and stay out)...
+log "caching the Deno dependencies of the tooling and of every function"
+mapfile -t tooling < <(cd "$ROOT" && find local bench cli worker tests \
+  -path tests/gateway/fixtures -prune -o -path local/edge-runtime -prune -o -path bench/results -prune -o \
+  -type f \( -name '*.ts' -o -name '*.mts' \) -print | sort)
+(cd "$ROOT" && node_modules/.bin/deno cache --quiet --config deno.json "${tooling[@]}")
+# ...then each function's graph, with its own deno.json and the edge runtime's Deno.
+(cd "$ROOT" && node_modules/.bin/deno run --quiet --allow-all local/gateway/functions.ts cache)
+# `deno bundle` (the demo page) fetches its esbuild binary on first use.
+bundle="$(mktemp --suffix=.js)"
+(cd "$ROOT" && node_modules/.bin/deno bundle --quiet --platform browser --output "$bundle" local/demo/app.mts)
+rm -f "$bundle"
+
 # The local project's JWT signing key ([auth] signing_keys_path of supabase/config.toml):
 # every Supabase CLI command refuses to load the config while the file is missing.
 if [ ! -f "$ROOT/supabase/signing_keys.json" ]; then

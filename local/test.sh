@@ -58,6 +58,24 @@ deno_suite() { # deno_suite <name> <deno test args...>
   record "$name" "$p" "$f"
 }
 
+# Every process this run starts carries the run's id in its environment, so the
+# exit trap finds what a suite left behind (a demo, a worker, a function) and
+# .ci/run can check that nothing survived. Function processes get a cleared
+# environment; they belong to the gateway, which stops them.
+export DEVICE_QR_TEST_RUN="$$-$RANDOM-$(date +%s)"
+echo "$DEVICE_QR_TEST_RUN" >"$RESULTS/run-id"
+stop_everything() {
+  local/gateway.sh stop >/dev/null 2>&1 || true
+  local/db.sh stop >/dev/null 2>&1 || true
+  local pid
+  for pid in $(grep -lsz "^DEVICE_QR_TEST_RUN=$DEVICE_QR_TEST_RUN\$" /proc/[0-9]*/environ | cut -d/ -f3); do
+    [ "$pid" = $$ ] || kill -KILL "$pid" 2>/dev/null || true
+  done
+}
+trap stop_everything EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
 local/setup.sh || { echo "0 passed, 1 failed"; exit 1; }
 local/gateway.sh stop >/dev/null 2>&1 || true
 DB_URL="$(local/db.sh cli-url)"

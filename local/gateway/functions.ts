@@ -1,16 +1,32 @@
 /**
  * `/functions/v1/<name>`: each function of the functions directory runs in its
- * own Deno process with only the environment the platform gives a function,
- * configured by `supabase/config.toml` (`[functions.<name>]` `enabled`,
- * `verify_jwt`, `entrypoint`, `import_map`) and its own `deno.json`.
+ * own Deno process with only the environment the platform gives a function
+ * (plus the process plumbing below), configured by `supabase/config.toml`
+ * (`[functions.<name>]` `enabled`, `verify_jwt`, `entrypoint`, `import_map`)
+ * and its own `deno.json`.
+ *
+ * Functions run on the Deno the hosted edge runtime embeds (EDGE_RUNTIME_DENO,
+ * installed by local/setup.sh from local/edge-runtime/package-lock.json), not
+ * on the tooling's Deno, and only from the module cache: `local/setup.sh` (or
+ * `deno run -A local/gateway/functions.ts cache`) downloads their dependencies;
+ * a function process never does (`--cached-only`), so a missing install step
+ * fails as a BOOT_ERROR instead of hiding behind a warm cache.
+ *
+ * The platform's limits apply, and its own errors keep the platform's shape:
+ *
+ *   FUNCTION_MEMORY_LIMIT_MB   memory per function process (256)
+ *   FUNCTION_WALL_CLOCK_MS     time for a function to answer a request (150000)
  *
  * A process is started on first request (or ahead, by `prewarm`) and reused.
  * Editing a function's files (or `_shared/`, or config.toml) retires its
  * process, so the next request runs the new code, like `supabase functions serve`.
- * A process that dies fails its in-flight requests with a 500 and is started
- * again on the next request; the gateway itself keeps serving.
+ * A process that dies fails its in-flight requests (WORKER_ERROR, or
+ * WORKER_LIMIT when it went over its memory) and is started again on the next
+ * request; the gateway itself keeps serving.
  */
+import { decodeProtectedHeader } from "jose";
 import { parse as parseToml } from "smol-toml";
+import { corsHeaders } from "./cors.ts";
 import { type CredentialRejected, requireJwt } from "./credentials.ts";
 import type { JwtVerifier } from "./jwt.ts";
 import { LISTENING_MARKER } from "./function_runner.ts";
@@ -18,6 +34,68 @@ import { LISTENING_MARKER } from "./function_runner.ts";
 const RUNNER = new URL("./function_runner.ts", import.meta.url).pathname;
 const BOOT_TIMEOUT_MS = 60_000;
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_-]*$/;
+
+/**
+ * The Deno of supabase/edge-runtime (2.1.4): the linux-x64 binary package of
+ * npm's `deno` (local/edge-runtime/package.json says why not `deno` itself).
+ * The binary, not a Node shim, so the pid the memory watchdog reads is the function's.
+ */
+export const EDGE_RUNTIME_DENO = new URL(
+  "../edge-runtime/node_modules/@deno/linux-x64-glibc/deno",
+  import.meta.url,
+).pathname;
+
+/**
+ * The platform's limits. Memory: `SUPABASE_RESOURCE_LIMIT_MEM_MB = "256"` in
+ * supabase/edge-runtime .cargo/config.toml (and `memoryLimitMb = 256` in the
+ * Supabase CLI's internal/functions/serve/templates/main.ts). Wall clock per
+ * request: the hosted platform's 150 s request idle timeout
+ * (supabase.com/docs/guides/functions/limits), answered with 504.
+ */
+export const PLATFORM_LIMITS = { memoryLimitMb: 256, wallClockMs: 150_000 };
+
+/**
+ * What the process needs to reach the network and its module cache on this
+ * machine (certificates, proxies, the cache folder), never configuration.
+ * Passed through from the gateway's own environment when set.
+ */
+export const PROCESS_PLUMBING = [
+  "NODE_EXTRA_CA_CERTS",
+  "DENO_CERT",
+  "DENO_TLS_CA_STORE",
+  "SSL_CERT_FILE",
+  "SSL_CERT_DIR",
+  "HTTPS_PROXY",
+  "HTTP_PROXY",
+  "NO_PROXY",
+  "https_proxy",
+  "http_proxy",
+  "no_proxy",
+  // Deno keys its npm cache by registry host: a machine behind a mirror needs it to find the cache.
+  "NPM_CONFIG_REGISTRY",
+  "DENO_DIR",
+  "TMPDIR",
+] as const;
+
+/** The plumbing part of a function's environment, taken from `source` (the gateway's own). */
+export function processPlumbing(
+  source: Record<string, string> = Deno.env.toObject(),
+): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const name of PROCESS_PLUMBING) {
+    if (source[name] !== undefined) env[name] = source[name];
+  }
+  // Deno 2.1.4 trusts NODE_EXTRA_CA_CERTS for npm downloads only, not for
+  // fetch(); DENO_CERT adds the same extra CA to its store for both.
+  if (env.DENO_CERT === undefined && env.NODE_EXTRA_CA_CERTS !== undefined) {
+    env.DENO_CERT = env.NODE_EXTRA_CA_CERTS;
+  }
+  // The shared module cache that setup filled: Deno's own default, named
+  // explicitly because the process gets no HOME.
+  env.DENO_DIR ??= `${source.XDG_CACHE_HOME ?? `${source.HOME ?? "/root"}/.cache`}/deno`;
+  env.NO_COLOR = "1";
+  return env;
+}
 
 export interface FunctionConfig {
   name: string;
@@ -29,11 +107,33 @@ export interface FunctionConfig {
   importMap: string | null;
 }
 
+export interface FunctionLimits {
+  memoryLimitMb: number;
+  wallClockMs: number;
+}
+
+/** FUNCTION_MEMORY_LIMIT_MB / FUNCTION_WALL_CLOCK_MS, else the platform's. */
+export function limitsFromEnv(): FunctionLimits {
+  const positive = (name: string, fallback: number) => {
+    const raw = Deno.env.get(name);
+    if (raw === undefined || raw === "") return fallback;
+    const value = Number(raw);
+    if (!Number.isFinite(value) || value <= 0) {
+      throw new Error(`${name} must be a positive number, got ${JSON.stringify(raw)}`);
+    }
+    return value;
+  };
+  return {
+    memoryLimitMb: positive("FUNCTION_MEMORY_LIMIT_MB", PLATFORM_LIMITS.memoryLimitMb),
+    wallClockMs: positive("FUNCTION_WALL_CLOCK_MS", PLATFORM_LIMITS.wallClockMs),
+  };
+}
+
 export interface FunctionHostOptions {
   functionsDir: string;
   /** `supabase/config.toml`; paths in it are relative to its directory. */
   configToml: string;
-  /** What every function gets in its environment. */
+  /** The platform's variables every function gets; process plumbing is added here. */
   env: Record<string, string>;
   logDir: string;
   verifier: JwtVerifier;
@@ -45,12 +145,72 @@ export interface FunctionHostOptions {
     message: string,
     details?: unknown,
   ) => Response;
+  /** Defaults to limitsFromEnv(). */
+  limits?: FunctionLimits;
 }
 
 interface Instance {
   child: Deno.ChildProcess;
   port: number;
   exited: Promise<Deno.CommandStatus>;
+  /** Set when the process went over a resource limit, so its failures answer WORKER_LIMIT. */
+  overLimit: () => boolean;
+}
+
+/**
+ * Errors the platform itself answers, in its shape. BOOT_ERROR, WORKER_ERROR
+ * and WORKER_LIMIT: SB_SPECIFIC_ERROR_CODE/TEXT/REASON in the Supabase CLI's
+ * internal/functions/serve/templates/main.ts (WorkerLimit is what a request
+ * gets when the supervisor cancels it, `WorkerRequestCancelled`). The idle
+ * timeout: supabase/edge-runtime examples/main/index.ts answers
+ * `WorkerRequestIdleTimeout` with 504 and `{ msg: e.toString() }`, the message
+ * being ext/workers/errors.rs `RequestIdleTimeout` ("request timed out").
+ */
+const PLATFORM_ERRORS = {
+  bootError: [503, { code: "BOOT_ERROR", message: "Worker failed to boot (please check logs)" }],
+  workerError: [500, {
+    code: "WORKER_ERROR",
+    message: "Function exited due to an error (please check logs)",
+  }],
+  workerLimit: [546, {
+    code: "WORKER_LIMIT",
+    message: "Worker failed to respond due to a resource limit (please check logs)",
+  }],
+  idleTimeout: [504, { msg: "WorkerRequestIdleTimeout: request timed out" }],
+} as const;
+
+function platformError(request: Request, kind: keyof typeof PLATFORM_ERRORS): Response {
+  const [status, body] = PLATFORM_ERRORS[kind];
+  return Response.json(body, { status, headers: corsHeaders(request) });
+}
+
+/**
+ * `verify_jwt` refusals as the platform words them: getAuthErrorResponse and
+ * verifyRequest in the main service the Supabase CLI (2.117.0) runs in its
+ * edge-runtime container: `{ code, message, msg }` and an `sb-error-code` header.
+ */
+function jwtRefusal(request: Request, rejected: CredentialRejected): Response {
+  const [code, message] = ((): [string, string] => {
+    if (rejected.problem === "missing") {
+      return ["UNAUTHORIZED_NO_AUTH_HEADER", "Missing authorization header"];
+    }
+    const token = /^Bearer (\S+)$/.exec(request.headers.get("authorization") ?? "")?.[1];
+    let alg: string | undefined;
+    try {
+      alg = token && !token.startsWith("sb_") ? decodeProtectedHeader(token).alg : undefined;
+    } catch { /* not a JWT */ }
+    if (alg === undefined) return ["UNAUTHORIZED_INVALID_JWT_FORMAT", "Invalid JWT format"];
+    if (alg === "HS256") return ["UNAUTHORIZED_LEGACY_JWT", "Invalid JWT"];
+    if (alg === "ES256" || alg === "RS256") return ["UNAUTHORIZED_ASYMMETRIC_JWT", "Invalid JWT"];
+    return ["UNAUTHORIZED_UNSUPPORTED_TOKEN_ALGORITHM", `Unsupported JWT algorithm ${alg}`];
+  })();
+  const headers = new Headers(corsHeaders(request));
+  headers.set("sb-error-code", code);
+  headers.set(
+    "access-control-expose-headers",
+    `${headers.get("access-control-expose-headers")}, sb-error-code`,
+  );
+  return Response.json({ code, message, msg: message }, { status: 401, headers });
 }
 
 class BootError extends Error {}
@@ -68,24 +228,22 @@ function resolvePath(base: string, path: string): string {
   return path.startsWith("/") ? path : new URL(path, `file://${base}/`).pathname;
 }
 
-export class FunctionHost {
-  private readonly instances = new Map<string, Promise<Instance>>();
-  private readonly retired = new Set<Promise<Instance>>();
-  private watcher: Deno.FsWatcher | null = null;
+/** The functions of a project: its functions directory and config.toml. */
+export class FunctionCatalog {
   private tomlCache: { mtime: number; functions: Record<string, Record<string, unknown>> } | null =
     null;
 
-  constructor(private readonly options: FunctionHostOptions) {}
+  constructor(readonly functionsDir: string, readonly configToml: string) {}
 
   private async functionsToml(): Promise<Record<string, Record<string, unknown>>> {
     let mtime = -1;
     try {
-      mtime = (await Deno.stat(this.options.configToml)).mtime?.getTime() ?? 0;
+      mtime = (await Deno.stat(this.configToml)).mtime?.getTime() ?? 0;
     } catch {
       return {};
     }
     if (this.tomlCache?.mtime !== mtime) {
-      const toml = parseToml(await Deno.readTextFile(this.options.configToml));
+      const toml = parseToml(await Deno.readTextFile(this.configToml));
       const functions = (toml.functions ?? {}) as Record<string, Record<string, unknown>>;
       this.tomlCache = { mtime, functions };
     }
@@ -95,10 +253,10 @@ export class FunctionHost {
   /** The function called `name`, or null when there is none. */
   async resolve(name: string): Promise<FunctionConfig | null> {
     if (!NAME.test(name) || name === "_shared") return null;
-    const dir = `${this.options.functionsDir}/${name}`;
+    const dir = `${this.functionsDir}/${name}`;
     const settings = (await this.functionsToml())[name] ?? {};
     if (settings.enabled === false) return null;
-    const base = this.options.configToml.replace(/\/[^/]*$/, "");
+    const base = this.configToml.replace(/\/[^/]*$/, "");
     const entrypoint = typeof settings.entrypoint === "string"
       ? resolvePath(base, settings.entrypoint)
       : `${dir}/index.ts`;
@@ -122,17 +280,73 @@ export class FunctionHost {
     };
   }
 
-  /** Names of every function in the functions directory. */
-  async list(): Promise<string[]> {
-    const names: string[] = [];
+  /** Every function of the functions directory. */
+  async list(): Promise<FunctionConfig[]> {
+    const functions: FunctionConfig[] = [];
     try {
-      for await (const entry of Deno.readDir(this.options.functionsDir)) {
-        if (entry.isDirectory && (await this.resolve(entry.name))) names.push(entry.name);
+      for await (const entry of Deno.readDir(this.functionsDir)) {
+        const config = entry.isDirectory ? await this.resolve(entry.name) : null;
+        if (config) functions.push(config);
       }
     } catch (error) {
       if (!(error instanceof Deno.errors.NotFound)) throw error;
     }
-    return names.sort();
+    return functions.sort((a, b) => a.name.localeCompare(b.name));
+  }
+}
+
+/**
+ * How a function's module graph is resolved, the same for `deno cache` at
+ * setup and `deno run` at boot: its own deno.json, never the repository's
+ * (which the platform does not see either), and its config.toml import map.
+ */
+function moduleFlags(config: FunctionConfig): string[] {
+  const flags = config.denoConfig ? ["--config", config.denoConfig] : ["--no-config"];
+  if (config.importMap) flags.push("--import-map", config.importMap);
+  return flags;
+}
+
+/**
+ * Downloads every function's whole dependency graph into the module cache with
+ * the edge runtime's Deno, so that function processes never download.
+ */
+export async function cacheFunctions(catalog: FunctionCatalog): Promise<string[]> {
+  const functions = await catalog.list();
+  for (const config of functions) {
+    const { code } = await new Deno.Command(EDGE_RUNTIME_DENO, {
+      args: ["cache", "--quiet", ...moduleFlags(config), config.entrypoint],
+      cwd: config.dir,
+      env: processPlumbing(),
+      stdout: "inherit",
+      stderr: "inherit",
+    }).output();
+    if (code !== 0) throw new Error(`deno cache of function ${config.name} failed (exit ${code})`);
+  }
+  return functions.map((config) => config.name);
+}
+
+export class FunctionHost {
+  private readonly instances = new Map<string, Promise<Instance>>();
+  private readonly retired = new Set<Promise<Instance>>();
+  private readonly catalog: FunctionCatalog;
+  private readonly limits: FunctionLimits;
+  private readonly env: Record<string, string>;
+  private watcher: Deno.FsWatcher | null = null;
+
+  constructor(private readonly options: FunctionHostOptions) {
+    this.catalog = new FunctionCatalog(options.functionsDir, options.configToml);
+    this.limits = options.limits ?? limitsFromEnv();
+    this.env = { ...processPlumbing(), ...options.env };
+  }
+
+  /** The function called `name`, or null when there is none. */
+  resolve(name: string): Promise<FunctionConfig | null> {
+    return this.catalog.resolve(name);
+  }
+
+  /** Names of every function in the functions directory. */
+  async list(): Promise<string[]> {
+    return (await this.catalog.list()).map((config) => config.name);
   }
 
   /**
@@ -209,10 +423,9 @@ export class FunctionHost {
 
   /** Starts every function ahead of its first request; boot failures are logged, not thrown. */
   async prewarm(): Promise<void> {
-    await Promise.all((await this.list()).map(async (name) => {
-      const config = await this.resolve(name);
-      if (config) await this.instance(config).catch(() => {});
-    }));
+    await Promise.all(
+      (await this.catalog.list()).map((config) => this.instance(config).catch(() => {})),
+    );
   }
 
   private instance(config: FunctionConfig): Promise<Instance> {
@@ -228,21 +441,30 @@ export class FunctionHost {
   }
 
   private async spawn(config: FunctionConfig): Promise<Instance> {
-    const args = ["run", "--quiet", "--no-prompt", "--allow-net", "--allow-env", "--allow-read"];
-    args.push("--allow-sys", `--allow-write=${Deno.env.get("TMPDIR") ?? "/tmp"}`);
-    if (config.denoConfig) args.push("--config", config.denoConfig);
-    if (config.importMap) args.push("--import-map", config.importMap);
-    args.push(RUNNER, new URL(`file://${config.entrypoint}`).href);
+    const { memoryLimitMb } = this.limits;
+    const args = ["run", "--quiet", "--no-prompt", "--cached-only"];
+    // The heap cap makes V8 itself fail an allocation past the limit; the RSS
+    // watchdog below catches what lives outside the heap (ArrayBuffers).
+    args.push(`--v8-flags=--max-old-space-size=${memoryLimitMb}`);
+    args.push("--allow-net", "--allow-env", "--allow-read", "--allow-sys");
+    args.push(`--allow-write=${this.env.TMPDIR ?? "/tmp"}`);
+    args.push(...moduleFlags(config), RUNNER, new URL(`file://${config.entrypoint}`).href);
 
-    const child = new Deno.Command(Deno.execPath(), {
-      args,
-      cwd: config.dir,
-      clearEnv: true,
-      env: this.options.env,
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
+    let child: Deno.ChildProcess;
+    try {
+      child = new Deno.Command(EDGE_RUNTIME_DENO, {
+        args,
+        cwd: config.dir,
+        clearEnv: true,
+        env: this.env,
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+    } catch (error) {
+      if (!(error instanceof Deno.errors.NotFound)) throw error;
+      throw new BootError(`${EDGE_RUNTIME_DENO} is missing: run local/setup.sh`);
+    }
 
     await Deno.mkdir(this.options.logDir, { recursive: true });
     const log = await Deno.open(`${this.options.logDir}/${config.name}.log`, {
@@ -251,9 +473,12 @@ export class FunctionHost {
     });
     const encoder = new TextEncoder();
     const tail: string[] = [];
+    let overLimit = false;
     const writeLine = (line: string) => {
       tail.push(line);
       if (tail.length > 20) tail.shift();
+      // V8's own report when the heap cap is hit ("Fatal JavaScript out of memory: Reached heap limit").
+      if (/out of memory/i.test(line)) overLimit = true;
       log.writeSync(encoder.encode(`${new Date().toISOString()} [${child.pid}] ${line}\n`));
     };
     writeLine(`starting ${config.entrypoint}`);
@@ -276,7 +501,12 @@ export class FunctionHost {
     };
     const pumped = Promise.all([pump(child.stdout), pump(child.stderr)]);
 
+    const watchdog = this.watchMemory(child, memoryLimitMb, (rssMb) => {
+      overLimit = true;
+      writeLine(`memory limit: ${rssMb} MB resident, over the ${memoryLimitMb} MB cap; killing`);
+    });
     const exited = child.status.then(async (status) => {
+      clearInterval(watchdog);
       await pumped.catch(() => {});
       writeLine(`exited with code ${status.code}${status.signal ? ` (${status.signal})` : ""}`);
       log.close();
@@ -302,7 +532,7 @@ export class FunctionHost {
         }),
         timeout,
       ]);
-      return { child, port, exited };
+      return { child, port, exited, overLimit: () => overLimit };
     } catch (error) {
       try {
         child.kill("SIGKILL");
@@ -311,6 +541,40 @@ export class FunctionHost {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /**
+   * Kills the process once it holds more than `limitMb` beyond what it held at
+   * its first reading: the platform counts the isolate's heap and external
+   * memory (supabase/edge-runtime crates/base/src/worker/supervisor/mod.rs,
+   * IsolateMemoryStats), not the runtime's own code, which the first reading
+   * stands in for.
+   */
+  private watchMemory(
+    child: Deno.ChildProcess,
+    limitMb: number,
+    onOver: (rssMb: number) => void,
+  ): ReturnType<typeof setInterval> {
+    let baselineKb: number | null = null;
+    const timer = setInterval(() => {
+      let status: string;
+      try {
+        status = Deno.readTextFileSync(`/proc/${child.pid}/status`);
+      } catch {
+        return; // gone, or no /proc here: the heap cap still applies
+      }
+      const rssKb = Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1] ?? NaN);
+      if (!Number.isFinite(rssKb)) return;
+      baselineKb ??= rssKb;
+      if (rssKb - baselineKb > limitMb * 1024) {
+        clearInterval(timer);
+        onOver(Math.round(rssKb / 1024));
+        try {
+          child.kill("SIGKILL");
+        } catch { /* already gone */ }
+      }
+    }, 100);
+    return timer;
   }
 
   /** Serves `/functions/v1/<name><rest>`. */
@@ -329,10 +593,7 @@ export class FunctionHost {
       } catch (error) {
         const rejected = error as CredentialRejected;
         if (!("problem" in rejected)) throw error;
-        return errorResponse(request, 401, "unauthorized", rejected.message, {
-          reason: rejected.problem,
-          hint: rejected.hint,
-        });
+        return jwtRefusal(request, rejected);
       }
     }
 
@@ -340,32 +601,32 @@ export class FunctionHost {
     try {
       instance = await this.instance(config);
     } catch (error) {
-      return errorResponse(request, 503, "boot_error", `Function ${name} failed to start`, {
-        reason: error instanceof Error ? error.message : String(error),
-        hint: `See ${this.options.logDir}/${name}.log`,
-      });
+      const reason = error instanceof Error ? error.message : String(error);
+      console.error(`function ${name} failed to boot: ${reason}`);
+      return platformError(request, "bootError");
     }
-    return await this.proxy(request, config, instance, `/${name}${rest}`);
+    return await this.proxy(request, instance, `/${name}${rest}`);
   }
 
-  private async proxy(
-    request: Request,
-    config: FunctionConfig,
-    instance: Instance,
-    path: string,
-  ): Promise<Response> {
+  private async proxy(request: Request, instance: Instance, path: string): Promise<Response> {
     const target = new URL(request.url);
     const headers = new Headers(request.headers);
     headers.delete("host");
-    // The gateway compresses for the client; the hop to the function stays plain.
-    headers.delete("accept-encoding");
+    // The gateway compresses for the client; the hop to the function stays
+    // plain (without the header, fetch asks for gzip and Deno 2.1.4's
+    // Deno.serve obliges).
+    headers.set("accept-encoding", "identity");
+    // The wall clock runs until the function answers; a response that has
+    // started may stream for as long as the client listens.
+    const wallClock = new AbortController();
+    const timer = setTimeout(() => wallClock.abort(), this.limits.wallClockMs);
     try {
       const upstream = await fetch(`http://127.0.0.1:${instance.port}${path}${target.search}`, {
         method: request.method,
         headers,
         body: request.body,
         redirect: "manual",
-        signal: request.signal,
+        signal: AbortSignal.any([request.signal, wallClock.signal]),
       });
       return new Response(upstream.body, {
         status: upstream.status,
@@ -374,20 +635,16 @@ export class FunctionHost {
       });
     } catch (error) {
       if (request.signal.aborted) return new Response(null, { status: 499 });
-      // Wait briefly for the exit, so the next request gets a fresh process.
-      const died = await Promise.race([
-        instance.exited.then(() => true),
-        new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 1_000)),
+      if (wallClock.signal.aborted) return platformError(request, "idleTimeout");
+      console.error(`function hop ${path} failed: ${error}`);
+      // Wait briefly for the exit (and its last words), so the next request gets a fresh process.
+      await Promise.race([
+        instance.exited,
+        new Promise((resolve) => setTimeout(resolve, 1_000)),
       ]);
-      return this.options.errorResponse(
-        request,
-        500,
-        died ? "function_crashed" : "function_unreachable",
-        died
-          ? `Function ${config.name} crashed while handling the request; it restarts on the next request`
-          : `Function ${config.name} did not answer`,
-        { reason: error instanceof Error ? error.message : String(error) },
-      );
+      return platformError(request, instance.overLimit() ? "workerLimit" : "workerError");
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -401,4 +658,19 @@ export class FunctionHost {
       if (instance) await this.kill(instance);
     }));
   }
+}
+
+if (import.meta.main) {
+  // `deno run -A local/gateway/functions.ts cache [functions dir] [config.toml]`, run by local/setup.sh.
+  const [command, functionsDir, configToml] = Deno.args;
+  if (command !== "cache") {
+    console.error("usage: functions.ts cache [functions dir] [config.toml]");
+    Deno.exit(2);
+  }
+  const repo = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
+  const dir = functionsDir ?? `${repo}/supabase/functions`;
+  const names = await cacheFunctions(
+    new FunctionCatalog(dir, configToml ?? `${dir.replace(/\/[^/]*\/?$/, "")}/config.toml`),
+  );
+  console.error(`cached the dependencies of ${names.join(", ") || "no functions"}`);
 }

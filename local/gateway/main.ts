@@ -100,9 +100,6 @@ function functionHost(url: string): FunctionHost {
     SUPABASE_SERVICE_ROLE_KEY: SERVICE_ROLE_KEY,
     SUPABASE_DB_URL: dbUrl,
     SB_REGION: "local",
-    // Process plumbing, not configuration: the shared module cache and a quiet runtime.
-    DENO_DIR: Deno.env.get("DENO_DIR") ?? `${Deno.env.get("HOME") ?? "/root"}/.cache/deno`,
-    NO_COLOR: "1",
   };
   const origins = Deno.env.get("ALLOWED_ORIGINS");
   if (origins !== undefined) functionEnv.ALLOWED_ORIGINS = origins;
