@@ -29,7 +29,14 @@ log() { printf '[db] %s\n' "$*" >&2; }
 # to the checkout is not guaranteed (CI clones into folders it may not enter).
 # Use .local/ in the checkout when postgres can reach it, else a folder keyed by
 # the checkout's path under /var/tmp.
+# LOCAL_STATE_DIR puts a second stack of this checkout beside the development one
+# (make test runs its own there): its own cluster, gateway, logs.
 state_dir() {
+  if [ -n "${LOCAL_STATE_DIR:-}" ]; then
+    mkdir -p "$LOCAL_STATE_DIR"
+    echo "$LOCAL_STATE_DIR"
+    return
+  fi
   local local_dir="$ROOT/.local"
   mkdir -p "$local_dir"
   if runuser -u postgres -- test -x "$local_dir" 2>/dev/null; then
@@ -104,7 +111,8 @@ start() {
     create_cluster
     fresh=1
   fi
-  as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGLOG" -w -t 60 start >/dev/null
+  # The port is given at each start: a cluster created under another DB_PORT keeps that one in its conf.
+  as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGLOG" -w -t 60 -o "-p $DB_PORT" start >/dev/null
   if [ "$fresh" = 1 ]; then
     bootstrap
     push

@@ -12,6 +12,33 @@ export NO_COLOR=1
 RESULTS="$ROOT/test-results"
 mkdir -p "$RESULTS"
 
+# The tests run on a throwaway stack of their own, beside the development one
+# (`make dev` / `make up`, which they never touch): its own cluster and gateway
+# under <state>/test-stack, its own ports, its own .env.local; removed at exit.
+DEV_STATE="$(local/db.sh state-dir)"
+export LOCAL_STATE_DIR="$DEV_STATE/test-stack"
+export DB_PORT="${TEST_DB_PORT:-27322}" GATEWAY_PORT="${TEST_GATEWAY_PORT:-27321}"
+export DEMO_TEST_PORT="${TEST_DEMO_PORT:-27330}"
+export GATEWAY_ENV_FILE="$LOCAL_STATE_DIR/.env.local"
+printf '%s\n' "$DB_PORT" "$GATEWAY_PORT" "$DEMO_TEST_PORT" >"$RESULTS/ports"
+
+# What the development database holds, to prove afterwards that the run left it alone.
+dev_fingerprint() {
+  local pgdata="$DEV_STATE/pgdata"
+  if [ ! -f "$pgdata/PG_VERSION" ]; then echo "no development cluster"; return; fi
+  echo "cluster $(stat -c '%i %Y' "$pgdata/PG_VERSION")"
+  if [ -f "$pgdata/postmaster.pid" ]; then
+    local port
+    port="$(sed -n 4p "$pgdata/postmaster.pid")"
+    PGPASSWORD=postgres psql -X -At -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "
+      select 'servers ' || count(*) || ' ' || coalesce(md5(string_agg(id::text || server_name, ',' order by id)), '')
+        from public.backend_servers;
+      select 'devices ' || count(*) || ' ' || coalesce(md5(string_agg(id::text || coalesce(user_id::text, ''), ',' order by id)), '')
+        from public.devices" 2>&1
+  fi
+}
+DEV_BEFORE="$(dev_fingerprint)"
+
 passed=0
 failed=0
 failures=()
@@ -67,6 +94,7 @@ echo "$DEVICE_QR_TEST_RUN" >"$RESULTS/run-id"
 stop_everything() {
   local/gateway.sh stop >/dev/null 2>&1 || true
   local/db.sh stop >/dev/null 2>&1 || true
+  rm -rf "$LOCAL_STATE_DIR"
   local pid
   for pid in $(grep -lsz "^DEVICE_QR_TEST_RUN=$DEVICE_QR_TEST_RUN\$" /proc/[0-9]*/environ | cut -d/ -f3); do
     [ "$pid" = $$ ] || kill -KILL "$pid" 2>/dev/null || true
@@ -125,6 +153,13 @@ local/gateway.sh start >/dev/null 2>&1 # back to the kind this run was asked for
 # claim, more than one RPC per request, a device never recovered), never on a
 # slow figure; figures go to test-results/bench/.
 gate "bench smoke (bench/run.ts --quick)" deno run -A bench/run.ts --quick
+
+dev_untouched() {
+  local after
+  after="$(dev_fingerprint)"
+  [ "$DEV_BEFORE" = "$after" ] || { printf 'before: %s\nafter:  %s\n' "$DEV_BEFORE" "$after"; return 1; }
+}
+gate "the development database is as it was" dev_untouched
 
 echo
 if [ "${#failures[@]}" -gt 0 ]; then printf 'failed: %s\n' "${failures[@]}"; fi

@@ -8,7 +8,7 @@ export function stackEnv(): {
   publishableKey?: string;
   dbUrl?: string;
 } {
-  const fileVars = readEnvFile(new URL("../.env.local", import.meta.url));
+  const fileVars = readEnvFile(localEnvFile());
   const get = (name: string) => Deno.env.get(name) ?? fileVars[name];
   const url = get("SUPABASE_URL");
   const secretKey = get("SUPABASE_SECRET_KEY") ?? get("SUPABASE_SERVICE_ROLE_KEY");
@@ -24,6 +24,15 @@ export function stackEnv(): {
     publishableKey: get("SUPABASE_PUBLISHABLE_KEY") ?? get("SUPABASE_ANON_KEY"),
     dbUrl: get("SUPABASE_DB_URL"),
   };
+}
+
+/**
+ * Where the local stack's gateway wrote its URL and keys: GATEWAY_ENV_FILE when
+ * set (make test's own stack keeps its file in its state dir), else `.env.local`.
+ */
+export function localEnvFile(): URL {
+  const path = Deno.env.get("GATEWAY_ENV_FILE");
+  return path ? new URL(`file://${path}`) : new URL("../.env.local", import.meta.url);
 }
 
 export function readEnvFile(path: URL): Record<string, string> {

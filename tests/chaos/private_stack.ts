@@ -30,7 +30,13 @@ export async function startPrivateStack(log: (line: string) => void): Promise<Pr
   await Deno.chmod(root, 0o755);
   const dbPort = freePort();
   const gatewayPort = freePort();
-  const env = { DB_PORT: String(dbPort), GATEWAY_PORT: String(gatewayPort) };
+  // Its own ports, state dir and .env.local, whatever stack the caller's environment names.
+  const env = {
+    DB_PORT: String(dbPort),
+    GATEWAY_PORT: String(gatewayPort),
+    LOCAL_STATE_DIR: "",
+    GATEWAY_ENV_FILE: `${root}/.env.local`,
+  };
 
   const run = async (command: string, ...args: string[]): Promise<string> => {
     const { code, stdout, stderr } = await new Deno.Command(command, {

@@ -9,7 +9,7 @@
  * - the Docker-free local stack: leave SUPABASE_URL unset and the harness runs
  *   `local/db.sh start` and `local/gateway.sh start` (both idempotent; the
  *   gateway imitates the kind of project PROJECT_KEYS names), then reads the
- *   `.env.local` the gateway writes.
+ *   `.env.local` the gateway writes (GATEWAY_ENV_FILE, when set, names another).
  *
  * The API keys present say what kind of project it is (`stack.kind`):
  * publishable/secret keys only → `signing`, anon/service_role keys only →
@@ -43,6 +43,7 @@ import { createClient, type SupabaseClient } from "@supabase/supabase-js";
 import postgres from "postgres";
 import type * as jose from "jose";
 import { type AccessTokenOptions, mintAccessToken as mint } from "../../local/gateway/jwt.ts";
+import { localEnvFile, readEnvFile } from "../../worker/env.ts";
 import {
   ANON_KEY,
   JWT_SECRET,
@@ -79,20 +80,13 @@ export interface TestUser {
 export type { AccessTokenOptions };
 
 const REPO = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
-const LOCAL_DB_URL = "postgresql://postgres:postgres@127.0.0.1:54322/postgres";
+const LOCAL_DB_URL = `postgresql://postgres:postgres@127.0.0.1:${
+  Deno.env.get("DB_PORT") ?? "54322"
+}/postgres`;
 
 let stackPromise: Promise<Stack> | null = null;
 let pool: postgres.Sql | null = null;
 let signingJwk: Promise<jose.JWK | undefined> | null = null;
-
-function readEnvFile(text: string): Record<string, string> {
-  const values: Record<string, string> = {};
-  for (const line of text.split("\n")) {
-    const match = /^\s*([A-Z_][A-Z0-9_]*)\s*=\s*"?([^"]*)"?\s*$/.exec(line);
-    if (match) values[match[1]] = match[2];
-  }
-  return values;
-}
 
 async function run(script: string, ...args: string[]): Promise<string> {
   const { code, stdout, stderr } = await new Deno.Command(`${REPO}/${script}`, {
@@ -170,12 +164,9 @@ async function startLocalStack(): Promise<Stack> {
       }
     }
   }
-  try {
-    return fromEnv(readEnvFile(await Deno.readTextFile(`${REPO}/.env.local`)));
-  } catch (error) {
-    if (!(error instanceof Deno.errors.NotFound)) throw error;
-    return fromEnv({ SUPABASE_URL: url }); // the gateway's values are the CLI defaults
-  }
+  const written = readEnvFile(localEnvFile());
+  // Without the file, the gateway's values are the CLI defaults.
+  return fromEnv(written.SUPABASE_URL ? written : { SUPABASE_URL: url });
 }
 
 /** The stack under test: the environment's, or the local one, started if need be. */
