@@ -238,7 +238,7 @@ Deno.test("RPC runs as the caller's role with PostgREST's request settings", asy
 Deno.test("RPC runs under the hosted time limits and read-only rules", async (t) => {
   const gateway = await startGateway();
   const db = postgres(gateway.dbUrl, { max: 2, onnotice: () => {} });
-  const { privateJwk } = await loadSigningKeys(gateway.stateDir);
+  const { privateJwk } = await loadSigningKeys();
   const token = await mintAccessToken(crypto.randomUUID(), {
     url: gateway.url,
     jwtSecret: JWT_SECRET,
