@@ -4,14 +4,21 @@
  * caller comes back with an `Rpc` bound to the right database role, so a
  * handler cannot call SQL with more rights than the caller has.
  *
- * `createSupabaseContext` is used rather than `withSupabase`: the two run the
- * same verification, but `withSupabase` answers failures itself with its own
- * body, while the contract wants `{"error": {code, message, details}}` and
- * our CORS policy on every 401.
+ * `verifyAuth` is used rather than `withSupabase`: the two run the same
+ * verification, but `withSupabase` answers failures itself with its own body,
+ * while the contract wants `{"error": {code, message, details}}` and our CORS
+ * policy on every 401.
+ *
+ * Nor `createSupabaseContext`: it builds two supabase-js clients (each with its
+ * auth, realtime, storage and functions clients) for every request, and that
+ * churn alone kept a function process at ~150 MiB resident under load, against
+ * the hosted 256 MB cap (bench/README.md, memory). The clients here are built
+ * once per process, and each user's RPC carries that user's token in its own
+ * Authorization header.
  */
-import { createSupabaseContext } from "@supabase/server";
 import type { SupabaseEnv } from "@supabase/server";
-import { createClient } from "@supabase/supabase-js";
+import { createAdminClient, createContextClient, verifyAuth } from "@supabase/server/core";
+import { createClient, type SupabaseClient } from "@supabase/supabase-js";
 import { ApiError } from "./http.ts";
 import { type Rpc, rpcThrough } from "./rpc.ts";
 
@@ -37,22 +44,40 @@ export interface AuthOptions {
 }
 
 export function supabaseAuth(options: AuthOptions): Authenticate {
+  let userClient: SupabaseClient | null = null;
+  const adminClients = new Map<string, SupabaseClient>();
+  const build = (create: () => SupabaseClient) => {
+    try {
+      return create();
+    } catch (error) {
+      // A missing URL or key: the function's environment, not the caller, is at fault.
+      const code = (error as { code?: unknown }).code;
+      throw authFailure(
+        {
+          code: typeof code === "string" ? code : "CREATE_CLIENT_FAILED",
+          status: 500,
+          message: "",
+        },
+        options.operators,
+      );
+    }
+  };
+
   return async (request) => {
     if (options.operators && options.serviceRoleKey) {
       const operator = await legacyServiceRole(request, options.serviceRoleKey, options.env?.url);
       if (operator) return operator;
     }
 
-    const { data: ctx, error } = await createSupabaseContext(request, {
+    const { data: ctx, error } = await verifyAuth(request, {
       // Operators first: an `apikey` that is a secret key wins even when a
       // stale user token rides along in Authorization.
       auth: options.operators ? ["secret:*", "user"] : "user",
       env: options.env,
-      cors: "disabled",
     });
     if (error) throw authFailure(error, options.operators);
 
-    if (ctx.authMode === "user" && ctx.userClaims) {
+    if (ctx.authMode === "user" && ctx.userClaims && ctx.token) {
       // Devices belong to Supabase Auth users, whose ids are UUIDs. A token
       // signed by a trusted key but naming anything else (third-party auth,
       // an empty sub) identifies nobody here; the SQL would only fail on the cast.
@@ -64,9 +89,24 @@ export function supabaseAuth(options: AuthOptions): Authenticate {
           },
         });
       }
-      return { kind: "user", userId: ctx.userClaims.id, rpc: rpcThrough(ctx.supabase) };
+      userClient ??= build(() => createContextClient({ env: options.env }));
+      return {
+        kind: "user",
+        userId: ctx.userClaims.id,
+        rpc: rpcThrough(userClient, { accessToken: ctx.token }),
+      };
     }
-    if (ctx.authMode === "secret") return { kind: "operator", rpc: rpcThrough(ctx.supabaseAdmin) };
+    if (ctx.authMode === "secret") {
+      const keyName = ctx.keyName ?? "default";
+      let admin = adminClients.get(keyName);
+      if (!admin) {
+        admin = build(() =>
+          createAdminClient({ auth: { keyName: ctx.keyName }, env: options.env })
+        );
+        adminClients.set(keyName, admin);
+      }
+      return { kind: "operator", rpc: rpcThrough(admin) };
+    }
     throw new ApiError("unauthorized", "These credentials do not identify a user.");
   };
 }
