@@ -10,9 +10,9 @@
  * function: cold start (first request to a new process, which the gateway
  * starts on that request), the steady resident set (median of the last
  * samples), the peak (the kernel's VmHWM), and restarts, counted twice: the
- * function's pid at every sample, and the gateway's function log
- * (`<state dir>/gateway/functions/<name>.log`), which has a line for each
- * process started and each exit.
+ * function's pid under the gateway at every sample, and the gateway's function
+ * log (`<state dir>/gateway/functions/<name>.log`), which has a line for each
+ * exit, with the pid.
  */
 import { mintAccessToken } from "../local/gateway/jwt.ts";
 import { JWT_SECRET, loadSigningKeys } from "../local/gateway/keys.ts";
@@ -61,8 +61,7 @@ export interface MemoryRun {
   pid: number;
   /** Distinct function pids seen while sampling, besides the first one. */
   pidChanges: number;
-  /** Lines of the function log written during the run that say a process started or exited. */
-  starts: number;
+  /** Lines of the function log, written during the run, saying that this process exited. */
   exits: string[];
   rssAfterFirstMiB: number;
   steadyRssMiB: number;
@@ -179,9 +178,10 @@ async function runOne(
     await sample();
     pids.delete(pid);
 
-    const lines = (await readFrom(functionLog, logOffset)).split("\n");
-    const starts = lines.filter((l) => / starting /.test(l)).length;
-    const exits = lines.filter((l) => / exited with code /.test(l));
+    // The log is shared by every gateway on this state directory (another
+    // benchmark may run beside this one): only this process's lines count.
+    const exits = (await readFrom(functionLog, logOffset)).split("\n")
+      .filter((l) => l.includes(`[${pid}] exited with code `));
     const tail = samples.slice(-Math.min(options.steadySamples, Math.ceil(samples.length / 2)))
       .map((s) => s.rssMiB).sort((a, b) => a - b);
     const run: MemoryRun = {
@@ -193,7 +193,6 @@ async function runOne(
       coldStartMs,
       pid,
       pidChanges: pids.size,
-      starts,
       exits,
       rssAfterFirstMiB,
       steadyRssMiB: quantile(tail, 0.5),
@@ -253,9 +252,9 @@ export function memoryProblems(report: MemoryReport): string[] {
   const problems: string[] = [];
   for (const run of report.runs) {
     if (run.errors > 0) problems.push(`memory ${run.fn}: ${run.errors} failed requests`);
-    if (run.pidChanges > 0 || run.exits.length > 0 || run.starts !== 1) {
+    if (run.pidChanges > 0 || run.exits.length > 0) {
       problems.push(
-        `memory ${run.fn}: the function restarted (${run.starts} starts, ${run.exits.length} exits, ${run.pidChanges} other pids)`,
+        `memory ${run.fn}: the function restarted (${run.exits.length} exits logged, ${run.pidChanges} other pids)`,
       );
     }
     if (run.fn === "get-device-qr" && run.peakRssMiB > report.capMiB) {

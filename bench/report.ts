@@ -153,7 +153,7 @@ function memorySection(r: MemoryReport, verdicts: Verdict[]): string {
   const n = r.requests.toLocaleString("en-US");
   const early = Math.min(10_000, Math.round(r.requests / 10));
   const lines = [
-    `Each function in a fresh private gateway, ${n} requests at concurrency ${r.concurrency} (get-device-qr as JSON, a valid user token, 64 users), the function process's resident set read from \`/proc/<pid>/status\` every 250 ms. Steady is the median of the last samples; peak is the kernel's high-water mark (VmHWM). Restarts are counted from the function's pid at every sample and from the gateway's function log (a line for every process start and exit).`,
+    `Each function in a fresh private gateway, ${n} requests at concurrency ${r.concurrency} (get-device-qr as JSON, a valid user token, 64 users), the function process's resident set read from \`/proc/<pid>/status\` every 250 ms. Steady is the median of the last samples; peak is the kernel's high-water mark (VmHWM). Restarts are counted from the function's pid under the gateway at every sample and from the gateway's function log (a line for every exit, with the pid).`,
     "",
     `| function | cold start | RSS after 1st request | RSS at ${
       early.toLocaleString("en-US")
@@ -184,7 +184,7 @@ function memorySection(r: MemoryReport, verdicts: Verdict[]): string {
     `The hosted runtime counts a function's V8 heap in use plus its external memory against the ${r.capMiB} MiB cap (supabase/edge-runtime, crates/base/src/runtime/mod.rs, \`MemCheck\`), not the whole process; the resident set of a Deno process measured here includes the runtime itself (about 48 MiB for a function that answers a constant) and is the stricter figure. Cold start is measured at the client: the gateway starts the function process on its first request (prewarm off), so it includes process start, module loading and that first request.`,
   );
   if (qr) {
-    const restarts = qr.pidChanges + qr.exits.length + Math.max(0, qr.starts - 1);
+    const restarts = qr.pidChanges + qr.exits.length;
     verdicts.push({
       key: "memory",
       target:
