@@ -280,11 +280,7 @@ if (import.meta.main) {
     functions: fn ? [fn] : undefined,
     log: (line) => console.error(line),
   });
-  console.log(JSON.stringify(
-    { ...report, runs: report.runs.map((r) => ({ ...r, timeline: r.timeline.length })) },
-    null,
-    2,
-  ));
+  console.log(JSON.stringify(report, null, 2));
   const problems = memoryProblems(report);
   if (problems.length > 0) {
     console.error(problems.join("\n"));
