@@ -5,8 +5,7 @@
  * function, which authenticates the same way and makes the cheapest possible
  * RPC. A direct /rest/v1/rpc call (no function) is measured alongside, to show
  * what the function runtime itself costs. Also: database statements per
- * request from pg_stat_statements, and the function footprint (cold start,
- * resident memory after 10,000 requests).
+ * request from pg_stat_statements. Cold start and memory are in memory.ts.
  */
 import { mintAccessToken } from "../local/gateway/jwt.ts";
 import { JWT_SECRET, loadSigningKeys, PUBLISHABLE_KEY } from "../local/gateway/keys.ts";
@@ -29,7 +28,6 @@ export interface RequestCostOptions {
   reps: number;
   secondsPerRun: number;
   statementSamples: number;
-  footprint: { coldStarts: number; requests: number } | null;
   log: (line: string) => void;
 }
 
@@ -60,22 +58,12 @@ export interface StatementCount {
   rpcMeanMs: number;
 }
 
-export interface Footprint {
-  fn: string;
-  coldStartMs: Summary;
-  warmMs: Summary;
-  rssAfterStartMiB: number;
-  rssAfterRequestsMiB: number;
-  requests: number;
-}
-
 export interface RequestCostReport {
   cells: CostCell[];
   statements: StatementCount[];
-  footprint: Footprint[];
 }
 
-interface Target {
+export interface Target {
   url: string;
   init: RequestInit;
   expect: (response: Response) => boolean;
@@ -88,7 +76,7 @@ function pairingPayload(i: number): string {
   return `2@${bytes(60, i)},${bytes(32, i + 1)},${bytes(32, i + 2)},${bytes(32, i + 3)}`;
 }
 
-async function seed(sql: Sql): Promise<{ userId: string; deviceId: string }[]> {
+export async function seed(sql: Sql): Promise<{ userId: string; deviceId: string }[]> {
   await sql.unsafe(`
     create function public.bench_floor() returns jsonb
     language sql stable set search_path = ''
@@ -120,7 +108,7 @@ async function seed(sql: Sql): Promise<{ userId: string; deviceId: string }[]> {
   return rows;
 }
 
-function targets(
+export function targets(
   gateway: BenchGateway,
   endpoint: Endpoint,
   users: { deviceId: string; token: string }[],
@@ -170,7 +158,7 @@ function targets(
   });
 }
 
-async function once(target: Target): Promise<boolean> {
+export async function once(target: Target): Promise<boolean> {
   const response = await fetch(target.url, target.init);
   await response.arrayBuffer();
   return target.expect(response);
@@ -234,65 +222,6 @@ async function countStatements(
       meanMs: Number(r.mean),
     })),
   };
-}
-
-async function rssMiB(pid: number): Promise<number> {
-  const status = await Deno.readTextFile(`/proc/${pid}/status`);
-  const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN);
-  return kb / 1024;
-}
-
-async function timedOnce(target: Target): Promise<number> {
-  const t0 = performance.now();
-  if (!(await once(target))) throw new Error(`unexpected answer from ${target.url}`);
-  return performance.now() - t0;
-}
-
-async function measureFootprint(
-  dbUrl: string,
-  tokens: { deviceId: string; token: string }[],
-  options: NonNullable<RequestCostOptions["footprint"]>,
-  log: (line: string) => void,
-): Promise<Footprint[]> {
-  const result: Footprint[] = [];
-  for (const [fn, endpoint] of [["get-device-qr", "json"], ["floor", "floor"]] as const) {
-    const cold: number[] = [];
-    const warm: number[] = [];
-    let rssStart = NaN;
-    let rssEnd = NaN;
-    for (let i = 0; i < options.coldStarts; i++) {
-      const gateway = await startBenchGateway(dbUrl);
-      try {
-        const all = targets(gateway, endpoint, tokens);
-        cold.push(await timedOnce(all[0]));
-        for (let k = 0; k < 5; k++) warm.push(await timedOnce(all[0]));
-        if (i === options.coldStarts - 1) {
-          const pid = (await gateway.functionPids())[fn];
-          rssStart = await rssMiB(pid);
-          log(`footprint ${fn}: ${options.requests} requests`);
-          let sent = 0;
-          await Promise.all(Array.from({ length: 16 }, async (_, c) => {
-            while (sent < options.requests) {
-              sent++;
-              await once(all[c % all.length]);
-            }
-          }));
-          rssEnd = await rssMiB(pid);
-        }
-      } finally {
-        await gateway.stop();
-      }
-    }
-    result.push({
-      fn,
-      coldStartMs: summarize(cold),
-      warmMs: summarize(warm),
-      rssAfterStartMiB: rssStart,
-      rssAfterRequestsMiB: rssEnd,
-      requests: options.requests,
-    });
-  }
-  return result;
 }
 
 export async function runRequestCost(options: RequestCostOptions): Promise<RequestCostReport> {
@@ -366,13 +295,7 @@ export async function runRequestCost(options: RequestCostOptions): Promise<Reque
         ),
       );
     }
-    await gateway.stop();
-    gateway = null;
-
-    const footprint = options.footprint
-      ? await measureFootprint(dbUrl, tokens, options.footprint, options.log)
-      : [];
-    return { cells, statements, footprint };
+    return { cells, statements };
   } finally {
     await gateway?.stop();
     await sql.end();
@@ -386,7 +309,6 @@ if (import.meta.main) {
     reps: 1,
     secondsPerRun: 1,
     statementSamples: 50,
-    footprint: { coldStarts: 1, requests: 500 },
     log: (line) => console.error(line),
   });
   console.log(JSON.stringify(report, null, 2));

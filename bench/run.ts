@@ -7,10 +7,11 @@
  *                                      code paths at 10k devices and short loads;
  *                                      writes test-results/bench/REPORT.md and
  *                                      fails on a correctness problem (errors,
- *                                      a device claimed twice, ≠ 1 RPC per request),
- *                                      never on a performance figure
+ *                                      a device claimed twice, ≠ 1 RPC per request,
+ *                                      get-device-qr restarting or over the
+ *                                      hosted memory cap), never on a speed figure
  *
- * Options: --only=sql,cost,failover (sections to run), --out=<dir>.
+ * Options: --only=sql,cost,failover,memory (sections to run), --out=<dir>.
  *
  * Needs the local database (local/db.sh start); it works only in databases of
  * its own (bench_scale, bench_http, bench_failover), dropped at the end, and
@@ -20,13 +21,14 @@
 import { type FailoverOptions, runFailover } from "./failover.ts";
 import { connect, databaseUrl, dropAbandonedBenchDatabases, REPO } from "./lib/pg.ts";
 import { type BenchResults, type Environment, renderReport } from "./report.ts";
+import { memoryProblems, runMemory } from "./memory.ts";
 import { runRequestCost } from "./request_cost.ts";
 import { runSqlScale } from "./sql_scale.ts";
 
 const args = new Set(Deno.args);
 const quick = args.has("--quick");
 const only = Deno.args.find((a) => a.startsWith("--only="))?.slice(7).split(",") ??
-  ["sql", "cost", "failover"];
+  ["sql", "cost", "failover", "memory"];
 const outDir = Deno.args.find((a) => a.startsWith("--out="))?.slice(6) ??
   (quick ? `${REPO}/test-results/bench` : `${REPO}/bench/results`);
 const started = performance.now();
@@ -81,6 +83,7 @@ const results: BenchResults = {
   requestCost: null,
   sqlScale: null,
   failover: null,
+  memory: null,
 };
 
 if (only.includes("sql")) {
@@ -99,7 +102,6 @@ if (only.includes("cost")) {
     reps: quick ? 1 : 3,
     secondsPerRun: quick ? 0.8 : 4,
     statementSamples: quick ? 20 : 200,
-    footprint: quick ? null : { coldStarts: 3, requests: 10_000 },
     log,
   });
 }
@@ -108,6 +110,16 @@ if (only.includes("failover")) {
     ? { sizes: [10], paths: ["polling"], runs: 1, log }
     : { sizes: [10, 100, 1000], paths: ["polling", "maintenance"], runs: 3, log };
   results.failover = await runFailover(options);
+}
+if (only.includes("memory")) {
+  results.memory = await runMemory({
+    requests: quick ? 2_000 : 100_000,
+    concurrency: 16,
+    sampleMs: 250,
+    steadySamples: 40,
+    coldStarts: quick ? 1 : 3,
+    log,
+  });
 }
 
 results.env.durationSeconds = (performance.now() - started) / 1000;
@@ -126,7 +138,8 @@ await Deno.writeTextFile(`${outDir}/raw/results.json`, JSON.stringify(results, n
 log(`wrote ${outDir}/REPORT.md`);
 
 // The smoke run is a test: it fails on wrong behaviour, not on slow figures.
-const problems: string[] = [];
+// Memory over the hosted cap is wrong behaviour there: the function would be restarted.
+const problems: string[] = results.memory ? memoryProblems(results.memory) : [];
 for (const cell of results.requestCost?.cells ?? []) {
   const errors = cell.runs.reduce((s, r) => s + r.errors, 0);
   if (errors > 0) {

@@ -4,6 +4,7 @@
  * The database calls are then checked by what the returned Rpc sends.
  */
 import assert from "node:assert/strict";
+import { AuthClient } from "@supabase/supabase-js";
 import * as jose from "jose";
 import type { SupabaseEnv } from "@supabase/server";
 import { supabaseAuth } from "../../supabase/functions/_shared/auth.ts";
@@ -427,5 +428,69 @@ Deno.test("legacy project: a validly signed HS256 token whose sub is no user is 
     const error = await rejection(caller.rpc("get_device_qr", {}));
     assert.equal(error.code, "unauthorized");
     assert.equal((error.details as { reason: string }).reason, "SUBJECT_NOT_A_USER_ID");
+  }
+});
+
+/**
+ * supabase-js numbers every auth client it builds (GoTrueClient.nextInstanceID,
+ * per storage key), and every SupabaseClient builds one: the count of clients
+ * made so far in this process.
+ */
+function supabaseClientsBuilt(): number {
+  const ids = (AuthClient as unknown as { nextInstanceID?: Record<string, number> })
+    .nextInstanceID;
+  assert.ok(ids, "supabase-js no longer numbers its auth clients; count clients another way");
+  return Object.values(ids).reduce((sum, n) => sum + n, 0);
+}
+
+Deno.test("requests reuse the process's database clients instead of building them per request", async () => {
+  // Building two supabase-js clients per request was most of a loaded function's memory.
+  const auth = supabaseAuth({ operators: true, env });
+  const userHeaders = { authorization: `Bearer ${await userToken()}`, apikey: PUBLISHABLE };
+  const before = supabaseClientsBuilt();
+  await auth(req(userHeaders));
+  await auth(req({ apikey: SECRET }));
+  const warm = supabaseClientsBuilt();
+  assert.ok(warm > before, "the first user and the first operator each build a client");
+  for (let i = 0; i < 20; i++) {
+    await auth(req(userHeaders));
+    await auth(req({ apikey: SECRET }));
+  }
+  assert.equal(supabaseClientsBuilt() - warm, 0);
+});
+
+Deno.test("each user's RPC carries that user's own token through the shared client", async () => {
+  // Two sessions' tokens: distinct strings, so a token sent with the wrong call shows.
+  const tokens = [await userToken({ session_id: "a" }), await userToken({ session_id: "b" })];
+  assert.notEqual(tokens[0], tokens[1]);
+  const seen: { authorization: string | null; apikey: string | null; body: string }[] = [];
+  const realFetch = globalThis.fetch;
+  globalThis.fetch = async (input, init) => {
+    const request = new Request(input, init);
+    const body = await request.text();
+    seen.push({
+      authorization: request.headers.get("authorization"),
+      apikey: request.headers.get("apikey"),
+      body,
+    });
+    return Response.json({ echoed: body });
+  };
+  try {
+    const callers = await Promise.all(
+      tokens.map((token) => userOnly(req({ authorization: `Bearer ${token}` }))),
+    );
+    await Promise.all(
+      callers.flatMap((caller, i) =>
+        Array.from({ length: 5 }, () => caller.rpc("whoami", { caller: i }))
+      ),
+    );
+  } finally {
+    globalThis.fetch = realFetch;
+  }
+  assert.equal(seen.length, 10);
+  for (const call of seen) {
+    const i = JSON.parse(call.body).caller as number;
+    assert.equal(call.authorization, `Bearer ${tokens[i]}`);
+    assert.equal(call.apikey, PUBLISHABLE);
   }
 });

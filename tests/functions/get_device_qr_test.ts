@@ -324,6 +324,22 @@ Deno.test("polling the same QR renders it once (cached by value)", async () => {
   assert.equal(cache.stats.renders, 1);
 });
 
+Deno.test("polling the same QR as JSON encodes its data URL once", async () => {
+  const cache = new CachedQrImages();
+  const { rpc } = scriptedRpc(() => readyState("2@encode-me"));
+  const handler = createGetDeviceQrHandler({ authenticate: asUser(rpc), images: cache });
+  const images = new Set<string>();
+  for (let i = 0; i < 5; i++) {
+    images.add(
+      (await (await handler(request(`${URL_BASE}?device_id=${DEVICE_ID}`))).json()).qr.image,
+    );
+  }
+  assert.equal(images.size, 1);
+  assert.match([...images][0], /^data:image\/png;base64,/);
+  assert.equal(cache.stats.renders, 1);
+  assert.equal(cache.stats.encodes, 1);
+});
+
 // --- error mapping --------------------------------------------------------------
 
 for (

@@ -14,15 +14,26 @@
  *   read at all: the RPC carries them to PostgREST, which verifies them and
  *   runs the SQL as their user (`auth.uid()`), or refuses them with 401.
  *
- * `createSupabaseContext` is used rather than `withSupabase`: the two run the
- * same verification, but `withSupabase` answers failures itself with its own
- * body, while the contract wants `{"error": {code, message, details}}` and
- * our CORS policy on every 401.
+ * `verifyAuth` is used rather than `withSupabase`: the two run the same
+ * verification, but `withSupabase` answers failures itself with its own body,
+ * while the contract wants `{"error": {code, message, details}}` and our CORS
+ * policy on every 401.
+ *
+ * Nor `createSupabaseContext`: it builds two supabase-js clients (each with its
+ * auth, realtime, storage and functions clients) for every request, and that
+ * churn alone kept a function process at ~150 MiB resident under load, against
+ * the hosted 256 MB cap (bench/README.md, memory). The clients here are built
+ * once per process, and each user's RPC carries that user's token in its own
+ * Authorization header.
  */
-import { createSupabaseContext } from "@supabase/server";
 import type { SupabaseEnv } from "@supabase/server";
-import { createContextClient, resolveEnv } from "@supabase/server/core";
-import { createClient } from "@supabase/supabase-js";
+import {
+  createAdminClient,
+  createContextClient,
+  resolveEnv,
+  verifyAuth,
+} from "@supabase/server/core";
+import { createClient, type SupabaseClient } from "@supabase/supabase-js";
 import { ApiError } from "./http.ts";
 import { type Rpc, rpcThrough, subjectNotAUser } from "./rpc.ts";
 
@@ -61,6 +72,23 @@ export function supabaseAuth(options: AuthOptions): Authenticate {
     : Deno.env.get("SUPABASE_SERVICE_ROLE_KEY");
   const anonKey = "anonKey" in options ? options.anonKey : Deno.env.get("SUPABASE_ANON_KEY");
   const legacyKeys = [anonKey, serviceRoleKey].filter((key): key is string => Boolean(key));
+  // Built on first use and kept for the process's life (see the module comment).
+  const clients = new Map<string, SupabaseClient>();
+  const client = (name: string, create: () => SupabaseClient): SupabaseClient => {
+    let built = clients.get(name);
+    if (!built) {
+      try {
+        built = create();
+      } catch (error) {
+        if (error instanceof ApiError) throw error;
+        // A missing URL or key: the function's environment, not the caller, is at fault.
+        const code = (error as { code?: unknown }).code;
+        throw misconfigured(typeof code === "string" ? code : "CREATE_CLIENT_FAILED");
+      }
+      clients.set(name, built);
+    }
+    return built;
+  };
 
   return async (request) => {
     const { data: env, error: envError } = resolveEnv(options.env);
@@ -71,7 +99,11 @@ export function supabaseAuth(options: AuthOptions): Authenticate {
     if (options.operators && serviceRoleKey) {
       for (const candidate of [apikey, bearer]) {
         if (candidate && await sameSecret(candidate, serviceRoleKey)) {
-          return { kind: "operator", rpc: rpcThrough(legacyAdminClient(env.url, serviceRoleKey)) };
+          const admin = client(
+            "legacy-service-role",
+            () => legacyAdminClient(env.url, serviceRoleKey),
+          );
+          return { kind: "operator", rpc: rpcThrough(admin) };
         }
       }
     }
@@ -89,42 +121,55 @@ export function supabaseAuth(options: AuthOptions): Authenticate {
     const operatorAttempt = options.operators && hasSecretKeys &&
       !!apikey?.startsWith("sb_secret_");
     if (bearer && !operatorAttempt && onlyTheDatabaseCanVerify(bearer, env.jwks)) {
-      return { kind: "user", userId: null, rpc: rpcThrough(databaseVerifiedClient(env, bearer)) };
+      const user = client("database-verified", () => databaseVerifiedClient(env));
+      return { kind: "user", userId: null, rpc: rpcThrough(user, { accessToken: bearer }) };
     }
 
-    const { data: ctx, error } = await createSupabaseContext(request, {
+    const { data: ctx, error } = await verifyAuth(request, {
       // A project without secret keys (legacy) has no `secret` mode to offer;
       // asking for it would turn every refusal into a 500 "no keys configured".
       auth: options.operators && hasSecretKeys ? ["secret:*", "user"] : "user",
       env: options.env,
-      cors: "disabled",
     });
     if (error) throw authFailure(error, options.operators);
 
-    if (ctx.authMode === "user" && ctx.userClaims) {
+    if (ctx.authMode === "user" && ctx.userClaims && ctx.token) {
       // Devices belong to Supabase Auth users, whose ids are UUIDs. A token
       // signed by a trusted key but naming anything else (third-party auth,
       // an empty sub) identifies nobody here; the SQL would only fail on the cast.
       if (!USER_ID.test(ctx.userClaims.id ?? "")) throw subjectNotAUser();
-      return { kind: "user", userId: ctx.userClaims.id, rpc: rpcThrough(ctx.supabase) };
+      const user = client("user", () => createContextClient({ env: options.env }));
+      return {
+        kind: "user",
+        userId: ctx.userClaims.id,
+        rpc: rpcThrough(user, { accessToken: ctx.token }),
+      };
     }
-    if (ctx.authMode === "secret") return { kind: "operator", rpc: rpcThrough(ctx.supabaseAdmin) };
+    if (ctx.authMode === "secret") {
+      const keyName = ctx.keyName ?? "default";
+      const admin = client(
+        `secret:${keyName}`,
+        () => createAdminClient({ auth: { keyName: ctx.keyName }, env: options.env }),
+      );
+      return { kind: "operator", rpc: rpcThrough(admin) };
+    }
     throw new ApiError("unauthorized", "These credentials do not identify a user.");
   };
 
   /**
-   * A client that sends the caller's token to PostgREST as it is, with the
-   * project's publishable key (or, on a project without one, the anon key:
-   * the same `anon` API key in its legacy form) as `apikey`.
+   * A client that carries the caller's token to PostgREST as it is (per call,
+   * see rpcThrough), with the project's publishable key (or, on a project
+   * without one, the anon key: the same `anon` API key in its legacy form) as
+   * `apikey`.
    */
-  function databaseVerifiedClient(env: SupabaseEnv, token: string) {
+  function databaseVerifiedClient(env: SupabaseEnv) {
     const publishableKeys = Object.keys(env.publishableKeys).length > 0
       ? env.publishableKeys
       : anonKey
       ? { default: anonKey }
       : null;
     if (!publishableKeys) throw misconfigured("NO_PUBLISHABLE_OR_ANON_KEY");
-    return createContextClient({ auth: { token }, env: { ...env, publishableKeys } });
+    return createContextClient({ env: { ...env, publishableKeys } });
   }
 }
 

@@ -61,6 +61,8 @@ export class LruCache<V> {
 
 export interface QrRendererStats {
   renders: number;
+  /** PNGs base64-encoded into data URLs; JSON polls of one value share one. */
+  encodes: number;
 }
 
 /**
@@ -69,7 +71,7 @@ export interface QrRendererStats {
  */
 export class CachedQrImages implements QrImages {
   readonly #cache: LruCache<Promise<Uint8Array | string>>;
-  readonly stats: QrRendererStats = { renders: 0 };
+  readonly stats: QrRendererStats = { renders: 0, encodes: 0 };
 
   constructor(capacity = 512) {
     this.#cache = new LruCache(capacity);
@@ -93,9 +95,17 @@ export class CachedQrImages implements QrImages {
     }) as Promise<string>;
   }
 
-  async dataUrl(value: string): Promise<string> {
-    if (isLegacyPngDataUrl(value)) return value;
-    return LEGACY_PNG_PREFIX + encodeBase64(await this.png(value));
+  dataUrl(value: string): Promise<string> {
+    if (isLegacyPngDataUrl(value)) return Promise.resolve(value);
+    // Cached too: every JSON poll carries the image, and re-encoding it each time is garbage.
+    const key = `dataurl:${value}`;
+    const hit = this.#cache.get(key);
+    if (hit) return hit as Promise<string>;
+    this.stats.encodes++;
+    const encoding = this.png(value).then((png) => LEGACY_PNG_PREFIX + encodeBase64(png));
+    this.#cache.set(key, encoding);
+    encoding.catch(() => this.#cache.delete(key));
+    return encoding;
   }
 
   #cached(key: string, render: () => Promise<Uint8Array | string>): Promise<Uint8Array | string> {

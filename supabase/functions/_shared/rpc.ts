@@ -26,13 +26,25 @@ export interface PostgrestFailure {
  */
 export const RPC_DEADLINE_MS = 10_000;
 
-export function rpcThrough(client: SupabaseClient, deadlineMs = RPC_DEADLINE_MS): Rpc {
+export interface RpcOptions {
+  /**
+   * The caller's access token, sent as this call's Authorization header, so
+   * one client serves every user of a function process (auth.ts).
+   */
+  accessToken?: string;
+  deadlineMs?: number;
+}
+
+export function rpcThrough(client: SupabaseClient, options: RpcOptions = {}): Rpc {
+  const deadlineMs = options.deadlineMs ?? RPC_DEADLINE_MS;
   return async (name, args, signal) => {
     let result;
     try {
       const deadline = AbortSignal.timeout(deadlineMs);
-      result = await client.rpc(name, args)
-        .abortSignal(signal ? AbortSignal.any([signal, deadline]) : deadline);
+      const call = client.rpc(name, args);
+      // setHeader copies the builder's headers first: the shared client's own stay untouched.
+      if (options.accessToken) call.setHeader("Authorization", `Bearer ${options.accessToken}`);
+      result = await call.abortSignal(signal ? AbortSignal.any([signal, deadline]) : deadline);
     } catch {
       throw databaseUnavailable();
     }
