@@ -39,5 +39,5 @@ reset-all: up
 chaos: setup        ## faults with invariants on a private stack (PostgreSQL restart included); report in test-results/chaos-report.md
 	@node_modules/.bin/deno run -A tests/chaos/chaos.ts --seconds $${CHAOS_SECONDS:-180} --db-restart
 
-bench: up           ## benchmarks (< 20 min on 2 cores): bench/results/REPORT.md and SVG charts
+bench: up           ## benchmarks (duration: bench/README.md): bench/results/REPORT.md and SVG charts
 	@node_modules/.bin/deno run -A bench/run.ts

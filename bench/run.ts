@@ -1,7 +1,7 @@
 /**
  * The benchmarks of this bundle, in one command.
  *
- *   deno run -A bench/run.ts           full run (< 20 min on 2 cores): writes
+ *   deno run -A bench/run.ts           full run (duration in bench/README.md): writes
  *                                      bench/results/REPORT.md and its SVG charts
  *   deno run -A bench/run.ts --quick   smoke run (< 60 s) for `make test`: the same
  *                                      code paths at 10k devices and short loads;

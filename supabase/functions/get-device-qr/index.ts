@@ -4,8 +4,8 @@ import { supabaseAuth } from "../_shared/auth.ts";
 import { CachedQrImages } from "../_shared/qr.ts";
 import { createGetDeviceQrHandler } from "./handler.ts";
 
-// Signed-in users only: their JWT is verified in code by @supabase/server
-// (verify_jwt = false in config.toml), and every RPC runs as them under RLS.
+// Signed-in users only, checked in code; every RPC runs as them under RLS.
+// verify_jwt = false: see supabase/functions/README.md ("Auth").
 export default {
   fetch: createGetDeviceQrHandler({
     authenticate: supabaseAuth({ operators: false }),

@@ -3,9 +3,9 @@
 import { supabaseAuth } from "../_shared/auth.ts";
 import { createReassignDeviceHandler } from "./handler.ts";
 
-// Users (their JWT) and operators (the secret key, or the legacy service-role
-// key) are both checked in code by @supabase/server, so verify_jwt = false in
-// config.toml: the platform check would reject a secret key, which is no JWT.
+// Users (their access token) and operators (the secret key, or the legacy
+// service_role key), both checked in code.
+// verify_jwt = false: see supabase/functions/README.md ("Auth").
 export default {
   fetch: createReassignDeviceHandler({
     authenticate: supabaseAuth({
