@@ -16,7 +16,7 @@
  */
 import { mintAccessToken } from "../local/gateway/jwt.ts";
 import { JWT_SECRET, loadSigningKeys } from "../local/gateway/keys.ts";
-import { signingStateDir, startBenchGateway } from "./lib/gateway.ts";
+import { gatewayStateDir, startBenchGateway } from "./lib/gateway.ts";
 import { benchDatabaseName, connect, createBenchDatabase, dropBenchDatabase } from "./lib/pg.ts";
 import { quantile, summarize, type Summary } from "./lib/stats.ts";
 import { once, seed, type Target, targets } from "./request_cost.ts";
@@ -218,8 +218,8 @@ export async function runMemory(options: MemoryOptions): Promise<MemoryReport> {
   const sql = connect(dbUrl, 2);
   try {
     const users = await seed(sql);
-    const stateDir = await signingStateDir();
-    const { privateJwk } = await loadSigningKeys(stateDir);
+    const { privateJwk } = await loadSigningKeys();
+    const stateDir = await gatewayStateDir();
     // The token names the gateway that issued it only in `iss`, which the
     // functions do not check, so one set of tokens serves every fresh gateway.
     const issuer = "http://127.0.0.1/bench-memory";

@@ -138,6 +138,10 @@ fi
 export SUPABASE_DB_URL="${SUPABASE_DB_URL:-$(local/db.sh url)}"
 gate "deno fmt --check" deno fmt --check
 gate "deno lint" deno lint
+# What no test imports (the gateway, the benchmarks, the CLI, the worker, the
+# functions) is type-checked here, so a change that breaks a caller fails now.
+gate "deno check (functions, local stack, bench, cli, worker)" \
+  deno check supabase/functions/ local/ bench/ cli/ worker/
 deno_suite "deno tests" -A --no-check=remote --ignore=tests/e2e tests/
 # The end-to-end suite against each kind of hosted project (local/gateway/keys.ts):
 # the gateway restarts as that kind; the harness reads the keys its .env.local names.

@@ -47,7 +47,8 @@ function stopOnSignals(): void {
   }
 }
 
-async function stateDir(): Promise<string> {
+/** The state dir bench gateways share with the local stack: function logs land in <it>/gateway/functions. */
+export async function gatewayStateDir(): Promise<string> {
   const { stdout } = await new Deno.Command(`${REPO}/local/db.sh`, { args: ["state-dir"] })
     .output();
   return new TextDecoder().decode(stdout).trim();
@@ -71,7 +72,7 @@ export async function startBenchGateway(dbUrl: string): Promise<BenchGateway> {
   await Deno.writeTextFile(`${root}/config.toml`, toml.join("\n"));
   const requestLog = `${root}/requests.log`;
   const gateway = await spawnGateway({
-    GATEWAY_STATE_DIR: await stateDir(),
+    GATEWAY_STATE_DIR: await gatewayStateDir(),
     GATEWAY_ENV_FILE: "",
     GATEWAY_PREWARM: "0",
     GATEWAY_WATCH: "0",

@@ -487,8 +487,9 @@ export class FunctionHost {
     const listening = new Promise<number>((resolve) => (reportPort = resolve));
     const pump = async (stream: ReadableStream<Uint8Array>) => {
       let buffer = "";
-      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-        buffer += chunk;
+      const decoder = new TextDecoder();
+      for await (const bytes of stream) {
+        buffer += decoder.decode(bytes, { stream: true });
         let newline;
         while ((newline = buffer.indexOf("\n")) >= 0) {
           const line = buffer.slice(0, newline);
