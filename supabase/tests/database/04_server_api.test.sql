@@ -29,9 +29,10 @@ select ('d0000000-0000-4000-8000-' || lpad(n::text, 12, '0'))::uuid,
        case when n <= 4 then '5e000000-0000-4000-8000-0000000000de'::uuid end, 10,
        now() - (n || ' minutes')::interval
 from generate_series(1, 6) n;
+-- A linked device held by a live server (one on a dead server fails over: 07).
 insert into public.devices (id, user_id, device_name, status, assigned_server_id, assignment_epoch)
 values ('d0000000-0000-4000-8000-000000000099', 'a0000000-0000-4000-8000-000000000001', 'linked',
-        'connected', '5e000000-0000-4000-8000-0000000000de', 5);
+        'connected', (select id from public.backend_servers where server_name = 'worker-2'), 5);
 
 -- worker-1 has room for 1 more (load 2, capacity 3).
 select is(
@@ -113,11 +114,12 @@ select throws_ok(
 update public.backend_servers set max_capacity = null where server_name = 'worker-1';
 select is(
   public.server_shutdown((select id from public.backend_servers where server_name = 'worker-2')) - 'server_id',
-  '{"released": 4, "reassigned": 4}'::jsonb, 'shutdown releases and reassigns every connecting device');
+  '{"released": 4, "reassigned": 4, "sessions_handed_over": 2}'::jsonb,
+  'shutdown releases and reassigns every connecting device, and hands over its two linked ones');
 select is(
   (select count(*)::int from public.devices d join public.backend_servers s on s.id = d.assigned_server_id
     where s.server_name = 'worker-1' and d.status = 'connecting'),
-  5, 'they join worker-1''s own device on the remaining live server');
+  7, 'they join worker-1''s own device on the remaining live server (the linked ones, with no stored session, to pair again)');
 
 select * from finish();
 rollback;

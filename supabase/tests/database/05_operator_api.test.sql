@@ -71,7 +71,7 @@ update public.devices set qr_code = 'old', qr_updated_at = now() - interval '2 m
  where id = 'd0000000-0000-4000-8000-000000000024';
 select is(public.run_assignment_maintenance() - 'duration_ms',
   '{"skipped": false, "servers_marked_inactive": 1, "orphaned_reassigned": 0, "stale_reassigned": 2,
-    "left_unassigned": 0, "qr_expired": 1, "moved_to_error": 0}'::jsonb,
+    "left_unassigned": 0, "qr_expired": 1, "moved_to_error": 0, "sessions_failed_over": 0}'::jsonb,
   'a maintenance pass marks the silent server inactive, moves the stale devices and expires the old QR');
 select is((select is_active from public.backend_servers where server_name = 'dead-1'), false,
   'the silent server is marked inactive');
@@ -81,7 +81,7 @@ select is(
   2, 'the stale devices left live-1 for live-2');
 select is(public.run_assignment_maintenance() - 'duration_ms',
   '{"skipped": false, "servers_marked_inactive": 0, "orphaned_reassigned": 0, "stale_reassigned": 0,
-    "left_unassigned": 0, "qr_expired": 0, "moved_to_error": 0}'::jsonb,
+    "left_unassigned": 0, "qr_expired": 0, "moved_to_error": 0, "sessions_failed_over": 0}'::jsonb,
   'a second pass finds nothing to do');
 
 -- A device that keeps landing on broken servers ends in error, not in a loop.
@@ -96,7 +96,9 @@ select matches((select last_error from public.devices where id = 'd0000000-0000-
 -- With no live server an orphan is released, and left alone after that.
 update public.backend_servers set last_health_ping = now() - interval '1 hour';
 update public.devices set last_reassigned_at = now() - interval '1 hour';
-select is((public.run_assignment_maintenance() ->> 'left_unassigned')::int, 22,
+-- The linked device (23) lost its server too; with no stored session it goes
+-- back to pairing, so it is released like the 22 orphans.
+select is((public.run_assignment_maintenance() ->> 'left_unassigned')::int, 23,
   'with no live server the orphans are released from their dead servers');
 select is((public.run_assignment_maintenance() ->> 'left_unassigned')::int, 0,
   'and later passes leave them be instead of burning their budget');
@@ -110,7 +112,7 @@ select is(public.reassign_devices('inactive', null, true) ->> 'reason', 'no_acti
 select is(
   (select count(*)::int from jsonb_array_elements(public.reassign_devices('inactive', null, true) -> 'devices') e
     where e -> 'to' = 'null'::jsonb and e ? 'from'),
-  22, 'the plan lists every orphan, each with to: null');
+  23, 'the plan lists every orphan, each with to: null');
 select is(public.reassign_devices('device', 'd0000000-0000-4000-8000-000000000024', true) #>> '{devices,0,id}',
   'd0000000-0000-4000-8000-000000000024', 'a dry run of reset-device with no live server still names the device');
 select is(
@@ -128,7 +130,7 @@ select is(
   array['cron_jobs', 'devices_by_server', 'devices_by_status', 'live_servers', 'now', 'orphaned',
         'servers', 'settings', 'stale'],
   'assignment_health has every section');
-select is((public.assignment_health() ->> 'orphaned')::int, 22, 'it counts the orphans');
+select is((public.assignment_health() ->> 'orphaned')::int, 23, 'it counts the orphans');
 select is((public.assignment_health() -> 'devices_by_status' ->> 'error')::int, 1, 'it counts devices by status');
 select is(jsonb_array_length(public.assignment_health() -> 'servers'), 4, 'it lists every server');
 
