@@ -25,6 +25,11 @@ export interface AssignedDevice {
   deviceName: string | null;
   /** True when this call took the device over from a dead or missing server. */
   claimed: boolean;
+  /**
+   * True when the device is linked and its stored session must be resumed, no
+   * QR (`claim_devices` row with status `reconnecting`). Absent means false.
+   */
+  resume?: boolean;
 }
 
 export interface FencedWrite {
@@ -33,7 +38,14 @@ export interface FencedWrite {
   epoch: number;
 }
 
-export type DeviceStatus = "connecting" | "connected" | "disconnected" | "qr_timeout" | "error";
+/** `logged_out` is a report only: the database stores the device as `disconnected`. */
+export type DeviceStatus =
+  | "connecting"
+  | "connected"
+  | "disconnected"
+  | "qr_timeout"
+  | "error"
+  | "logged_out";
 
 export interface BackendApi {
   heartbeat(input: HeartbeatInput): Promise<Heartbeat>;
@@ -130,6 +142,7 @@ export function supabaseBackend(client: SupabaseClient, requestTimeoutMs = 5_000
           device_id: string;
           assignment_epoch: number;
           device_name: string | null;
+          status: string;
           claimed: boolean;
         }[]
       >("claim_devices", { p_server_id: serverId, p_limit: limit });
@@ -138,6 +151,7 @@ export function supabaseBackend(client: SupabaseClient, requestTimeoutMs = 5_000
         epoch: Number(row.assignment_epoch),
         deviceName: row.device_name,
         claimed: row.claimed,
+        resume: row.status === "reconnecting",
       }));
     },
     async publishQr(write) {

@@ -243,7 +243,8 @@ export class BackendWorker {
       } else if (device.epoch !== session.epoch) this.#drop(session, "new_epoch");
     }
     for (const device of assigned) {
-      if (!this.#sessions.has(device.deviceId)) this.#start(device);
+      if (device.resume) await this.#giveUpResume(device);
+      else if (!this.#sessions.has(device.deviceId)) this.#start(device);
     }
   }
 
@@ -361,6 +362,35 @@ export class BackendWorker {
       epoch: device.epoch,
       claimed: device.claimed,
     });
+  }
+
+  /**
+   * The simulator stores no WhatsApp session, so it cannot resume one: it says
+   * so (`logged_out`), and the device waits, disconnected, for its owner to pair
+   * again, instead of coming back in every claim. A fenced answer means another
+   * server holds the device now; anything else is retried by the next claim.
+   */
+  async #giveUpResume(device: AssignedDevice): Promise<void> {
+    try {
+      await this.backend.reportStatus({
+        deviceId: device.deviceId,
+        serverId: this.#serverId!,
+        epoch: device.epoch,
+        status: "logged_out",
+        error: "no stored session to resume",
+      });
+      this.onEvent({
+        type: "status_reported",
+        deviceId: device.deviceId,
+        epoch: device.epoch,
+        status: "logged_out",
+      });
+    } catch (error) {
+      const code = error instanceof BackendError ? error.code : "unexpected";
+      if (!isDeviceGone(code)) {
+        this.onEvent({ type: "error", step: "report_logged_out", error: describe(error) });
+      }
+    }
   }
 
   async #advance(session: Session): Promise<void> {

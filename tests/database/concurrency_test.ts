@@ -221,3 +221,69 @@ Deno.test("servers draining at the same moment never deadlock", async () => {
     }
   });
 });
+
+Deno.test("a server's session write is never accepted after its device was handed over", async () => {
+  await withFleet(async (tag, admin) => {
+    const a = connect();
+    const b = connect();
+    try {
+      const serverA = await heartbeat(a, `${tag}-a`);
+      const serverB = await heartbeat(b, `${tag}-b`);
+      await seed(admin, tag, 1, serverA);
+      const [{ id, epoch }] = await admin<{ id: string; epoch: string }[]>`
+        select id, assignment_epoch::text as epoch from public.devices
+        where device_name = ${tag + "-1"}`;
+      await a`select public.report_device_status(${id}, ${serverA}, ${epoch}, 'connected')`;
+      const write = (sql: postgres.Sql, server: string, at: string | number, value: string) =>
+        sql`select public.device_session_write(${id}, ${server}, ${at},
+              ${JSON.stringify([{ type: "creds", id: "creds", value }])}::text::jsonb)`;
+      await write(a, serverA, epoch, "A-0");
+
+      // Server A keeps writing its session, as Baileys does, while it dies and
+      // server B takes the device over; each write is timed.
+      const writesA: { startedAt: number; accepted: boolean }[] = [];
+      let handedOverAt = Infinity;
+      let stop = false;
+      const writerA = (async () => {
+        for (let i = 1; !stop; i++) {
+          const startedAt = performance.now();
+          try {
+            await write(a, serverA, epoch, `A-${i}`);
+            writesA.push({ startedAt, accepted: true });
+          } catch (error) {
+            if ((error as { message?: string }).message !== "fenced") throw error;
+            writesA.push({ startedAt, accepted: false });
+          }
+        }
+      })();
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      await admin`update public.backend_servers set last_health_ping = now() - interval '1 hour'
+                  where id = ${serverA}`;
+      let resumed: { assignment_epoch: string } | undefined;
+      for (let round = 0; round < 200 && !resumed; round++) {
+        const rows = await b<{ device_id: string; status: string; assignment_epoch: string }[]>`
+          select device_id, status, assignment_epoch::text from public.claim_devices(${serverB}, 100)`;
+        resumed = rows.find((r) => r.device_id === id && r.status === "reconnecting");
+        if (resumed) handedOverAt = performance.now();
+      }
+      assert.ok(resumed, "server B took the device over, to resume its session");
+      let lastB = "";
+      for (let j = 0; j < 20; j++) {
+        lastB = `B-${j}`;
+        await write(b, serverB, resumed!.assignment_epoch, lastB);
+      }
+      stop = true;
+      await writerA;
+
+      const late = writesA.filter((w) => w.startedAt > handedOverAt && w.accepted);
+      assert.equal(late.length, 0, "no write of server A was accepted after the handover");
+      assert.ok(writesA.some((w) => w.accepted), "server A wrote before the handover");
+      assert.ok(writesA.some((w) => !w.accepted), "server A kept writing after it and was fenced");
+      const [{ value }] = await admin`select value from device_assignment.device_sessions
+                                      where device_id = ${id} and type = 'creds'`;
+      assert.equal(value, lastB, "the session holds the new owner's last write");
+    } finally {
+      await Promise.all([a.end(), b.end()]);
+    }
+  });
+});

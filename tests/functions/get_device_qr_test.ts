@@ -486,6 +486,45 @@ Deno.test("wait returns when the status changes (a scan connects the device)", a
   assert.ok(clock.elapsed >= 2000 && clock.elapsed < 4000, `elapsed ${clock.elapsed}`);
 });
 
+Deno.test("wait holds a reconnecting device and returns when the session is resumed", async () => {
+  const clock = new FakeClock();
+  const { handler } = handlerFor(
+    () =>
+      clock.elapsed >= 3000
+        ? sqlQrState({ status: "connected", qr: null, reason: null, retry_after_ms: null })
+        : sqlQrState({ status: "reconnecting", qr: null, reason: "session_failover" }),
+    { clock },
+  );
+  const body = await (await handler(request(`${URL_BASE}?device_id=${DEVICE_ID}&wait=20`))).json();
+  assert.equal(body.status, "connected");
+  assert.ok(clock.elapsed >= 3000 && clock.elapsed < 5000, `elapsed ${clock.elapsed}`);
+});
+
+Deno.test("a reconnecting device is answered as reconnecting with its reason and retry hint", async () => {
+  const { handler } = handlerFor(() =>
+    sqlQrState({
+      status: "reconnecting",
+      qr: null,
+      reason: "resuming_session",
+      retry_after_ms: 1000,
+    })
+  );
+  const response = await handler(request(`${URL_BASE}?device_id=${DEVICE_ID}&format=png`));
+  assert.equal(response.status, 202);
+  assert.equal(response.headers.get("retry-after"), "1");
+  const body = await response.json();
+  assert.equal(body.status, "reconnecting");
+  assert.equal(body.reason, "resuming_session");
+  assert.equal(body.qr, null);
+});
+
+Deno.test("a status the contract does not know is a 500, not passed through", async () => {
+  const { handler } = handlerFor(() => sqlQrState({ status: "linked" }));
+  const response = await handler(request(`${URL_BASE}?device_id=${DEVICE_ID}`));
+  assert.equal(response.status, 500);
+  await response.body?.cancel();
+});
+
 Deno.test("wait does not hold an idle device: not_connecting answers at once", async () => {
   const clock = new FakeClock();
   const { handler, calls } = handlerFor(

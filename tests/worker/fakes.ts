@@ -31,7 +31,8 @@ export interface FakeDevice {
   id: string;
   owner: string | null;
   epoch: number;
-  status: DeviceStatus;
+  status: DeviceStatus | "reconnecting";
+  lastError?: string | null;
   qr: string | null;
   qrExpiresAt: Date | null;
 }
@@ -90,6 +91,18 @@ export class FakeDatabase implements BackendApi {
     this.claimLimits.push(limit);
     const rows: AssignedDevice[] = [];
     for (const device of this.devices.values()) {
+      if (device.status !== "reconnecting" || device.owner !== serverId) continue;
+      if (rows.length < limit) {
+        rows.push({
+          deviceId: device.id,
+          epoch: device.epoch,
+          deviceName: null,
+          claimed: false,
+          resume: true,
+        });
+      }
+    }
+    for (const device of this.devices.values()) {
       if (device.status !== "connecting" || device.owner !== serverId) continue;
       if (rows.length < limit) {
         rows.push({ deviceId: device.id, epoch: device.epoch, deviceName: null, claimed: false });
@@ -135,7 +148,9 @@ export class FakeDatabase implements BackendApi {
   ): Promise<void> {
     this.calls.push(`report_device_status:${write.status}`);
     const device = this.#fence(write.deviceId, write.serverId, write.epoch);
-    device.status = write.status;
+    // Like the SQL: logged_out is stored as disconnected, with that as the error.
+    device.status = write.status === "logged_out" ? "disconnected" : write.status;
+    device.lastError = write.status === "logged_out" ? "logged_out" : null;
     if (write.status !== "connecting") device.qr = null;
     return Promise.resolve();
   }

@@ -290,3 +290,17 @@ Deno.test("shutdown retries server_shutdown when the first answer is lost", asyn
   await worker.shutdown();
   assert.equal(calls, 2);
 });
+
+Deno.test("a session to resume is reported logged_out (the simulator stores none), never paired", async () => {
+  const { db, events, worker } = setup();
+  const device = db.addDevice("d1", "server-a");
+  device.status = "reconnecting";
+  await worker.heartbeat();
+  await worker.claim();
+  assert.equal(db.devices.get("d1")!.status, "disconnected");
+  assert.equal(db.devices.get("d1")!.lastError, "logged_out");
+  assert.deepEqual(worker.deviceIds, [], "no pairing was started for it");
+  assert.ok(events.some((e) => e.type === "status_reported" && e.status === "logged_out"));
+  await worker.claim();
+  assert.equal(db.calls.filter((c) => c === "report_device_status:logged_out").length, 1);
+});

@@ -43,10 +43,22 @@ export const QrRequest = z.object({
 });
 export type QrRequest = z.infer<typeof QrRequest>;
 
+/** The answer's `status` (docs/sql-api.md): what the frontend shows. */
+export const QrStatus = z.enum([
+  "ready",
+  "pending",
+  "reconnecting",
+  "connected",
+  "not_connecting",
+  "qr_timeout",
+  "error",
+]);
+export type QrStatus = z.infer<typeof QrStatus>;
+
 /** What `get_device_qr` returns (docs/sql-api.md); fields the response does not use are not listed. */
 const SqlQrState = z.object({
   device_id: z.string(),
-  status: z.string(),
+  status: QrStatus,
   qr: z.object({
     value: z.string(),
     updated_at: z.string().nullish(),
@@ -67,8 +79,12 @@ export interface GetDeviceQrDeps {
   clock?: Clock;
 }
 
-/** Statuses that can change by themselves while a client waits; the others need an action first. */
-const WAITABLE = new Set(["pending", "ready"]);
+/**
+ * Statuses that can change by themselves while a client waits; the others need
+ * an action first. A `reconnecting` wait ends when the session is resumed
+ * (`connected`) or given up (`pending` for a QR, or `not_connecting`).
+ */
+const WAITABLE: ReadonlySet<QrStatus> = new Set(["pending", "ready", "reconnecting"]);
 
 /** Retry-After for a 202 when the SQL gave no hint. */
 const DEFAULT_RETRY_MS = 2000;
