@@ -390,6 +390,70 @@ test("a dead server's device is reassigned inside the get-device-qr call", async
   void alive;
 });
 
+test("a linked device whose server dies is reconnecting, then connected on another server, no QR", async () => {
+  const service = await serviceClient();
+  const dying = await liveServer();
+  await liveServer();
+  const d = await device({ serverId: dying.id });
+  const fenced = { p_device_id: d.id, p_server_id: dying.id, p_epoch: 1 };
+  // The first server links the device and stores its session, as a backend does.
+  for (
+    const [rpc, args] of [
+      ["report_device_status", { ...fenced, p_status: "connected" }],
+      ["device_session_write", {
+        ...fenced,
+        p_entries: [{ type: "creds", id: "creds", value: "sealed-creds" }],
+      }],
+    ] as const
+  ) {
+    const { error } = await service.rpc(rpc, args);
+    assert.equal(error, null, JSON.stringify(error));
+  }
+  const db = await sql();
+  await db`update public.backend_servers
+              set last_health_ping = now() - interval '10 minutes' where id = ${dying.id}`;
+
+  const first = await (await fn("get-device-qr", { token: d.token, query: `device_id=${d.id}` }))
+    .json();
+  assert.equal(first.status, "reconnecting");
+  assert.equal(first.reason, "session_failover");
+  assert.equal(first.qr, null);
+  assert.ok(first.retry_after_ms > 0);
+  assert.notEqual(first.server?.id, dying.id);
+
+  // The client long-polls while the new server resumes the session and reports connected.
+  const answer = fn("get-device-qr", { token: d.token, query: `device_id=${d.id}&wait=15` });
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  const { data: claimed, error: claimError } = await service.rpc("claim_devices", {
+    p_server_id: first.server.id,
+    p_limit: 10_000,
+  });
+  assert.equal(claimError, null, JSON.stringify(claimError));
+  const resume = claimed.find((row: { device_id: string }) => row.device_id === d.id);
+  assert.equal(resume?.status, "reconnecting", "the claim says: resume this session");
+  const next = {
+    p_device_id: d.id,
+    p_server_id: first.server.id,
+    p_epoch: resume.assignment_epoch,
+  };
+  const { data: creds } = await service.rpc("device_session_read", {
+    ...next,
+    p_type: "creds",
+    p_ids: ["creds"],
+  });
+  assert.deepEqual(creds, { creds: "sealed-creds" });
+  const { error } = await service.rpc("report_device_status", { ...next, p_status: "connected" });
+  assert.equal(error, null, JSON.stringify(error));
+  const body = await (await answer).json();
+  assert.equal(body.status, "connected");
+  assert.equal(body.server.id, first.server.id);
+  const { error: late } = await service.rpc("device_session_write", {
+    ...fenced,
+    p_entries: [{ type: "creds", id: "creds", value: "late" }],
+  });
+  assert.equal(late?.message, "fenced", "the dead server's late write is refused");
+});
+
 test("long-poll returns when a QR is published, not before", async () => {
   const server = await liveServer();
   const d = await device({ serverId: server.id });

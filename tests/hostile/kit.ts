@@ -5,9 +5,11 @@
  * answer, the one assertion every hostile answer must pass, and a checksum of
  * the world's rows so a test can prove that nothing it sent changed anything.
  *
- * The world never touches rows of other tests: its devices are `connected`
- * (no pairing to restart, nothing for maintenance or claims to pick up) and its
- * server is inactive (never chosen for assignment).
+ * The world never touches rows of other tests: its devices are `connected` on
+ * its own server (no pairing to restart, nothing for maintenance or claims to
+ * pick up: a linked device fails over only when its server is not live), and
+ * that server is live but full (never chosen for assignment), its lease
+ * dated a day ahead so no maintenance pass marks it inactive meanwhile.
  */
 import assert from "node:assert/strict";
 import * as jose from "jose";
@@ -29,7 +31,7 @@ export interface World {
   server: { id: string; name: string };
   /** The victim: their device has a secret name, a fresh QR and sits on the world's server. */
   alice: TestUser & { token: string; deviceId: string; secrets: string[] };
-  /** The attacker: a valid user with one connected, unassigned device of their own. */
+  /** The attacker: a valid user with one connected device of their own. */
   mallory: TestUser & { token: string; deviceId: string };
   /** A user deleted after their token was minted; their device went with them. */
   ghost: TestUser & { token: string; deviceId: string };
@@ -52,8 +54,14 @@ async function buildWorld(): Promise<World> {
   const [server] = await db`
     insert into public.backend_servers (server_name, is_active, is_healthy, current_load,
                                         max_capacity, last_health_ping)
-    values (${`hostile-server-${crypto.randomUUID()}`}, false, false, 0, 1, now() - interval '1 day')
+    values (${`hostile-server-${crypto.randomUUID()}`}, true, true, 3, 3, now() + interval '1 day')
     returning id, server_name as name`;
+  // The attacker's own devices sit on another server: the victim's server name is a secret.
+  const [attackerServer] = await db`
+    insert into public.backend_servers (server_name, is_active, is_healthy, current_load,
+                                        max_capacity, last_health_ping)
+    values (${`attacker-server-${tag}`}, true, true, 3, 3, now() + interval '1 day')
+    returning id`;
 
   const alice = await createUser(`${tag}-alice@example.test`);
   const mallory = await createUser(`${tag}-mallory@example.test`);
@@ -67,12 +75,12 @@ async function buildWorld(): Promise<World> {
             ${server.id}, 7, now(), 'alice-secret-error')
     returning id`;
   const [malloryDevice] = await db`
-    insert into public.devices (user_id, device_name, status, assignment_epoch)
-    values (${mallory.id}, 'mallory phone', 'connected', 1)
+    insert into public.devices (user_id, device_name, status, assigned_server_id, assignment_epoch)
+    values (${mallory.id}, 'mallory phone', 'connected', ${attackerServer.id}, 1)
     returning id`;
   const [ghostDevice] = await db`
-    insert into public.devices (user_id, device_name, status, assignment_epoch)
-    values (${ghost.id}, 'ghost phone', 'connected', 1)
+    insert into public.devices (user_id, device_name, status, assigned_server_id, assignment_epoch)
+    values (${ghost.id}, 'ghost phone', 'connected', ${attackerServer.id}, 1)
     returning id`;
   const ghostToken = await mintAccessToken(ghost.id);
   await db`delete from auth.users where id = ${ghost.id}`;
@@ -104,7 +112,8 @@ export async function dropWorld(): Promise<void> {
     await db`delete from public.device_assignment_events where device_id = any(${ids}::uuid[])`;
     await db`delete from auth.users where id = any(${w.userIds}::uuid[])`;
     await db`delete from public.devices where user_id = any(${w.userIds}::uuid[])`;
-    await db`delete from public.backend_servers where id = ${w.server.id}`;
+    await db`delete from public.backend_servers
+              where id = ${w.server.id} or server_name = ${`attacker-server-${w.tag}`}`;
   }
   await closeStack();
 }
