@@ -10,9 +10,10 @@ from pg_proc p join pg_namespace n on n.oid = p.pronamespace
 where n.nspname = 'public'
   and p.proname in ('get_device_qr', 'request_device_reassignment', 'server_heartbeat',
     'claim_devices', 'publish_device_qr', 'report_device_status', 'server_shutdown',
-    'reassign_devices', 'run_assignment_maintenance', 'assignment_health');
+    'reassign_devices', 'run_assignment_maintenance', 'assignment_health',
+    'device_session_write', 'device_session_read');
 
-select is((select count(*)::int from api_functions), 10, 'the ten API functions exist in public');
+select is((select count(*)::int from api_functions), 12, 'the twelve API functions exist in public');
 select is(
   (select count(*)::int from api_functions where has_function_privilege('anon', oid, 'execute')),
   0, 'anon executes none of them');
@@ -24,8 +25,9 @@ select is(
 select is(
   (select array_agg(proname::text order by proname) from api_functions
     where has_function_privilege('service_role', oid, 'execute')),
-  array['assignment_health', 'claim_devices', 'publish_device_qr', 'reassign_devices',
-        'report_device_status', 'run_assignment_maintenance', 'server_heartbeat', 'server_shutdown'],
+  array['assignment_health', 'claim_devices', 'device_session_read', 'device_session_write',
+        'publish_device_qr', 'reassign_devices', 'report_device_status', 'run_assignment_maintenance',
+        'server_heartbeat', 'server_shutdown'],
   'service_role executes the server and operator API');
 select is(
   (select count(*)::int from pg_proc p join pg_namespace n on n.oid = p.pronamespace
