@@ -448,14 +448,15 @@ begin
   -- another claimer holds, then decide in a new statement, whose fresh snapshot
   -- sees every claim committed meanwhile. (Deciding in the locking statement is
   -- not enough: its re-check of a locked row cannot see through the anti-join
-  -- that defines "orphaned".) First sessions nobody holds, then the claim
-  -- queue, then connecting devices of servers that are not live; each reads
-  -- about as many index entries as it takes.
+  -- that defines "orphaned".) First the claim queue, then sessions nobody
+  -- holds, then connecting devices of servers that are not live; each reads
+  -- about as many index entries as it takes, and a claim the queue fills
+  -- reads no server (maintenance and get_device_qr hand sessions over too).
   select array_agg(t.id) into v_locked
   from (
     select d.id
     from public.devices d
-    where d.id = any(array(select device_assignment.session_to_fail_over_ids()))
+    where d.status = 'connecting' and d.assigned_server_id is null
     order by d.connecting_since nulls first, d.id
     limit v_room
     for update of d skip locked
@@ -466,7 +467,7 @@ begin
     from (
       select d.id
       from public.devices d
-      where d.status = 'connecting' and d.assigned_server_id is null
+      where d.id = any(array(select device_assignment.session_to_fail_over_ids()))
       order by d.connecting_since nulls first, d.id
       limit v_room - coalesce(cardinality(v_locked), 0)
       for update of d skip locked
