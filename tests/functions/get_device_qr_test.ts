@@ -41,6 +41,7 @@ function assertCommonHeaders(response: Response) {
   assert.match(response.headers.get("access-control-allow-headers") ?? "", /authorization/);
   assert.match(response.headers.get("access-control-allow-headers") ?? "", /apikey/);
   assert.equal(response.headers.get("cache-control"), "no-store");
+  assert.equal(response.headers.get("x-content-type-options"), "nosniff");
 }
 
 // --- methods and preflight --------------------------------------------------
@@ -274,6 +275,7 @@ Deno.test("format=svg returns an SVG document", async () => {
   const response = await handler(request(`${URL_BASE}?device_id=${DEVICE_ID}&format=svg`));
   assert.equal(response.status, 200);
   assert.match(response.headers.get("content-type") ?? "", /^image\/svg\+xml/);
+  assertCommonHeaders(response);
   const svg = await response.text();
   assert.match(svg, /^<svg[^>]*xmlns="http:\/\/www.w3.org\/2000\/svg"/);
   assert.match(svg, /<\/svg>\s*$/);

@@ -1,8 +1,9 @@
 /**
  * HTTP edge of both functions: CORS, the JSON error body, and the one table
  * that maps an error code to its HTTP status. Every response a function sends
- * goes through `respond`, so CORS and `Cache-Control: no-store` cannot be
- * forgotten on an error path.
+ * goes through `respond`, so CORS, `Cache-Control: no-store` and
+ * `X-Content-Type-Options: nosniff` (a browser renders a PNG or SVG as what its
+ * Content-Type says, never as what it guesses) cannot be forgotten on an error path.
  */
 
 /** Every error code a caller can receive, with its HTTP status (the error table in ../README.md). */
@@ -99,7 +100,7 @@ export class Cors {
   }
 }
 
-/** Builds responses for one request: CORS and no-store on every one. */
+/** Builds responses for one request: CORS, no-store and nosniff on every one. */
 export class Responder {
   readonly #cors: Record<string, string>;
 
@@ -110,7 +111,12 @@ export class Responder {
   respond(body: BodyInit | null, status: number, headers: Record<string, string> = {}): Response {
     return new Response(body, {
       status,
-      headers: { ...this.#cors, "Cache-Control": "no-store", ...headers },
+      headers: {
+        ...this.#cors,
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+        ...headers,
+      },
     });
   }
 
