@@ -2,7 +2,7 @@
 -- (make test re-applies every migration before this file runs).
 begin;
 set local search_path to public, extensions;
-select plan(4);
+select plan(6);
 
 select is(
   (select count(*)::int from cron.job where jobname = 'device-assignment-maintenance'), 1,
@@ -19,6 +19,21 @@ select is(
 select is(
   (select command from cron.job where jobname = 'device-assignment-maintenance'),
   'select public.run_assignment_maintenance()', 'the job runs the maintenance pass');
+
+-- The purge keeps the run history of the project's other jobs.
+select cron.schedule('someone-elses-job', '0 0 * * *', 'select 1');
+insert into cron.job_run_details (jobid, runid, job_pid, database, username, command, status,
+                                  return_message, start_time, end_time)
+select j.jobid, 900000 + row_number() over (), 1, 'postgres', 'postgres', j.command, 'succeeded',
+       '1 row', now() - interval '30 days', now() - interval '30 days'
+from cron.job j
+where j.jobname in ('someone-elses-job', 'device-assignment-maintenance');
+select is((device_assignment.purge_history() ->> 'cron_runs_deleted')::int, 1,
+  'the purge deletes old runs of our own jobs');
+select is(
+  (select count(*)::int from cron.job_run_details r join cron.job j using (jobid)
+    where j.jobname = 'someone-elses-job'),
+  1, 'and keeps the history of every other job');
 
 select * from finish();
 rollback;
