@@ -373,6 +373,11 @@ export class FleetError extends Error {
  *   POST /fleet/scan           {device_id}   simulate the user scanning the QR
  *
  * Returns null for paths outside /fleet so a server can mount it beside others.
+ *
+ * A browser lets any page POST a simple request to loopback, so a command that
+ * a browser marks as coming from another site (`Sec-Fetch-Site`, or an
+ * `Origin` other than this server's) is refused: a page the developer happens
+ * to visit must not kill their workers.
  */
 export async function fleetControl(fleet: Fleet, request: Request): Promise<Response | null> {
   const url = new URL(request.url);
@@ -385,6 +390,11 @@ export async function fleetControl(fleet: Fleet, request: Request): Promise<Resp
       return json({ events: fleet.events.filter((e) => e.seq > after).slice(-1000) });
     }
     if (request.method !== "POST") return json({ error: { code: "method_not_allowed" } }, 405);
+    if (crossSite(request, url)) {
+      return json({
+        error: { code: "forbidden", message: "the fleet obeys only pages of its own origin" },
+      }, 403);
+    }
     const body = await readJson(request);
     if (parts[1] === "workers" && parts.length === 2) {
       const name = fleet.add(typeof body.name === "string" ? body.name : undefined);
@@ -429,6 +439,13 @@ export async function fleetControl(fleet: Fleet, request: Request): Promise<Resp
     }
     throw error;
   }
+}
+
+function crossSite(request: Request, url: URL): boolean {
+  const site = request.headers.get("sec-fetch-site");
+  if (site !== null && site !== "same-origin" && site !== "none") return true;
+  const origin = request.headers.get("origin");
+  return origin !== null && origin !== url.origin;
 }
 
 async function readJson(request: Request): Promise<Record<string, unknown>> {

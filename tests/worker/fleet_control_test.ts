@@ -6,11 +6,18 @@
 import assert from "node:assert/strict";
 import { Fleet, fleetControl } from "../../worker/fleet.ts";
 
-function call(fleet: Fleet, method: string, path: string, body?: unknown) {
+function call(
+  fleet: Fleet,
+  method: string,
+  path: string,
+  body?: unknown,
+  headers: Record<string, string> = {},
+) {
   return fleetControl(
     fleet,
     new Request(`http://127.0.0.1${path}`, {
       method,
+      headers,
       body: body === undefined ? undefined : JSON.stringify(body),
     }),
   );
@@ -41,6 +48,21 @@ Deno.test("the fleet control API adds, partitions, heals, kills and restarts wor
 
     await call(fleet, "POST", `/fleet/workers/${name}/heal`);
     await fleet.waitFor((e) => e.type === "healed", 5_000);
+
+    // A page of another site may not command the fleet, however it sends the POST.
+    for (
+      const headers of [
+        { origin: "https://evil.example" } as Record<string, string>,
+        { "sec-fetch-site": "cross-site" },
+        { "sec-fetch-site": "same-site", origin: "http://localhost:1" },
+      ]
+    ) {
+      const refused = await call(fleet, "POST", `/fleet/workers/${name}/kill`, undefined, headers);
+      assert.equal(refused?.status, 403, JSON.stringify(headers));
+    }
+    assert.equal(fleet.info(name).state, "running", "a refused kill kills nothing");
+    const sameOrigin = { origin: "http://127.0.0.1", "sec-fetch-site": "same-origin" };
+    assert.equal((await call(fleet, "GET", "/fleet", undefined, sameOrigin))?.status, 200);
 
     const firstPid = fleet.info(name).pid;
     const killed = await call(fleet, "POST", `/fleet/workers/${name}/kill`);
