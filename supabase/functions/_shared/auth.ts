@@ -121,8 +121,11 @@ export function supabaseAuth(options: AuthOptions): Authenticate {
     const operatorAttempt = options.operators && hasSecretKeys &&
       !!apikey?.startsWith("sb_secret_");
     if (bearer && !operatorAttempt && onlyTheDatabaseCanVerify(bearer, env.jwks)) {
-      const user = client("database-verified", () => databaseVerifiedClient(env));
-      return { kind: "user", userId: null, rpc: rpcThrough(user, { accessToken: bearer }) };
+      return {
+        kind: "user",
+        userId: null,
+        rpc: rpcThrough(userClient(env), { accessToken: bearer }),
+      };
     }
 
     const { data: ctx, error } = await verifyAuth(request, {
@@ -138,11 +141,10 @@ export function supabaseAuth(options: AuthOptions): Authenticate {
       // signed by a trusted key but naming anything else (third-party auth,
       // an empty sub) identifies nobody here; the SQL would only fail on the cast.
       if (!USER_ID.test(ctx.userClaims.id ?? "")) throw subjectNotAUser();
-      const user = client("user", () => createContextClient({ env: options.env }));
       return {
         kind: "user",
         userId: ctx.userClaims.id,
-        rpc: rpcThrough(user, { accessToken: ctx.token }),
+        rpc: rpcThrough(userClient(env), { accessToken: ctx.token }),
       };
     }
     if (ctx.authMode === "secret") {
@@ -157,12 +159,16 @@ export function supabaseAuth(options: AuthOptions): Authenticate {
   };
 
   /**
-   * A client that carries the caller's token to PostgREST as it is (per call,
-   * see rpcThrough), with the project's publishable key (or, on a project
-   * without one, the anon key: the same `anon` API key in its legacy form) as
-   * `apikey`.
+   * The one client every user's RPC goes through, verified here or left to
+   * PostgREST: it carries the caller's token per call (see rpcThrough), with
+   * the project's publishable key (or, on a project without one, the anon key:
+   * the same `anon` API key in its legacy form) as `apikey`.
    */
-  function databaseVerifiedClient(env: SupabaseEnv) {
+  function userClient(env: SupabaseEnv): SupabaseClient {
+    return client("user", () => createUserClient(env));
+  }
+
+  function createUserClient(env: SupabaseEnv) {
     const publishableKeys = Object.keys(env.publishableKeys).length > 0
       ? env.publishableKeys
       : anonKey
