@@ -6,6 +6,8 @@
  * signing key, logs) apart from the developer's stack, on free loopback ports.
  * Everything it starts is stopped and removed by `close()`.
  */
+import { readEnvFile } from "../../worker/env.ts";
+
 const REPO = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 
 export interface PrivateStack {
@@ -75,11 +77,8 @@ export async function startPrivateStack(log: (line: string) => void): Promise<Pr
     stateDir = await run(`${root}/local/db.sh`, "state-dir");
     await run(`${root}/local/gateway.sh`, "start");
 
-    const values: Record<string, string> = {};
-    for (const line of (await Deno.readTextFile(`${root}/.env.local`)).split("\n")) {
-      const match = /^\s*([A-Z_][A-Z0-9_]*)\s*=\s*"?([^"]*)"?\s*$/.exec(line);
-      if (match) values[match[1]] = match[2];
-    }
+    const values = readEnvFile(new URL(`file://${root}/.env.local`));
+    if (!values.SUPABASE_URL) throw new Error(`the private gateway wrote no ${root}/.env.local`);
     // The copy's [auth] signing_keys_path, as its gateway reads it.
     const [signingKey] = JSON.parse(await Deno.readTextFile(`${root}/supabase/signing_keys.json`));
     values.SUPABASE_JWT_SIGNING_JWK = JSON.stringify(signingKey);
