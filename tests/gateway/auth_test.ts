@@ -178,9 +178,8 @@ for (const kind of PROJECT_KEYS) {
   Deno.test(`PROJECT_KEYS=${kind}: the gateway and the functions' env are those of such a project`, async (t) => {
     const gateway = await startGateway({ PROJECT_KEYS: kind });
     const accepts = ACCEPTS[kind];
-    const { privateJwk } = await loadSigningKeys();
     const userId = crypto.randomUUID();
-    const signing = { url: gateway.url, jwtSecret: JWT_SECRET, privateJwk };
+    const signing = gateway.signing;
     const clientKey = accepts.sbKeys ? PUBLISHABLE_KEY : ANON_KEY;
     /** 401 = the credentials were refused; anything else (404 here) = accepted. */
     const rpc = async (headers: Record<string, string>) => {
@@ -252,7 +251,7 @@ for (const kind of PROJECT_KEYS) {
           const jwks = await (await fetch(`${gateway.url}/auth/v1/.well-known/jwks.json`)).json();
           assert.deepEqual(
             jwks.keys.map((key: { kid: string }) => key.kid),
-            accepts.es256 ? [privateJwk.kid] : [],
+            accepts.es256 ? [signing.privateJwk.kid] : [],
           );
           assert.ok(
             jwks.keys.every((key: { d?: string }) => key.d === undefined),
@@ -305,8 +304,7 @@ for (const kind of PROJECT_KEYS) {
   Deno.test(`PROJECT_KEYS=${kind}: both functions accept this project's callers and refuse the rest with the contract's 401`, async (t) => {
     const gateway = await startGateway({ PROJECT_KEYS: kind, FUNCTIONS_DIR: REAL_FUNCTIONS });
     const accepts = ACCEPTS[kind];
-    const { privateJwk } = await loadSigningKeys();
-    const signing = { url: gateway.url, jwtSecret: JWT_SECRET, privateJwk };
+    const signing = gateway.signing;
     const userId = crypto.randomUUID();
     const clientKey = accepts.sbKeys ? PUBLISHABLE_KEY : ANON_KEY;
     const call = async (name: string, headers: Record<string, string>, body: unknown) => {

@@ -9,8 +9,6 @@
 import assert from "node:assert/strict";
 import {
   ANON_KEY,
-  JWT_SECRET,
-  loadSigningKeys,
   PUBLISHABLE_KEY,
   SECRET_KEY,
   SERVICE_ROLE_KEY,
@@ -50,12 +48,7 @@ Deno.test("functions run in their own processes, configured as on the platform",
     GATEWAY_TEST_LEAK: "must not reach functions",
     ...PLUMBING,
   });
-  const { privateJwk } = await loadSigningKeys();
-  const token = await mintAccessToken(crypto.randomUUID(), {
-    url: gateway.url,
-    jwtSecret: JWT_SECRET,
-    privateJwk,
-  });
+  const token = await mintAccessToken(crypto.randomUUID(), gateway.signing);
   const invoke = (path: string, init: RequestInit = {}) =>
     fetch(`${gateway.url}/functions/v1/${path}`, init);
 
@@ -168,7 +161,7 @@ Deno.test("functions run in their own processes, configured as on the platform",
         assert.equal(env.SUPABASE_SERVICE_ROLE_KEY, SERVICE_ROLE_KEY);
         assert.equal(env.SUPABASE_DB_URL, gateway.dbUrl);
         assert.equal(env.ALLOWED_ORIGINS, ORIGIN);
-        assert.equal(JSON.parse(env.SUPABASE_JWKS).keys[0].kid, privateJwk.kid);
+        assert.equal(JSON.parse(env.SUPABASE_JWKS).keys[0].kid, gateway.signing.privateJwk.kid);
       },
     );
 

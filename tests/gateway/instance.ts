@@ -4,7 +4,9 @@
  * shares the local database (started if need be) and the signing key with the
  * stack on :54321, which it leaves alone.
  */
+import type * as jose from "jose";
 import { spawnGateway } from "../../local/gateway/spawn.ts";
+import { JWT_SECRET, loadSigningKeys } from "../../local/gateway/keys.ts";
 
 const REPO = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 export const FIXTURES = `${REPO}/tests/gateway/fixtures/supabase`;
@@ -14,6 +16,8 @@ export interface GatewayInstance {
   dbUrl: string;
   stateDir: string;
   requestLog: string;
+  /** What `mintAccessToken` needs to sign user tokens this gateway accepts. */
+  signing: { url: string; jwtSecret: string; privateJwk: jose.JWK };
   stop(): Promise<void>;
 }
 
@@ -42,11 +46,13 @@ export async function startGateway(env: Record<string, string> = {}): Promise<Ga
     ...env,
   });
 
+  const { privateJwk } = await loadSigningKeys();
   return {
     url: gateway.url,
     dbUrl,
     stateDir,
     requestLog,
+    signing: { url: gateway.url, jwtSecret: JWT_SECRET, privateJwk },
     async stop() {
       await gateway.stop();
       await Deno.remove(requestLog);

@@ -5,12 +5,7 @@
  */
 import assert from "node:assert/strict";
 import postgres from "postgres";
-import {
-  JWT_SECRET,
-  loadSigningKeys,
-  PUBLISHABLE_KEY,
-  SECRET_KEY,
-} from "../../local/gateway/keys.ts";
+import { JWT_SECRET, PUBLISHABLE_KEY, SECRET_KEY } from "../../local/gateway/keys.ts";
 import { mintAccessToken } from "../../local/gateway/jwt.ts";
 import { startGateway } from "./instance.ts";
 
@@ -57,12 +52,7 @@ const TABLE: [string, string, number][] = [
 Deno.test("database errors map to HTTP as PostgREST maps them", async (t) => {
   const gateway = await startGateway();
   const db = postgres(gateway.dbUrl, { max: 1, onnotice: () => {} });
-  const { privateJwk } = await loadSigningKeys();
-  const userToken = await mintAccessToken(crypto.randomUUID(), {
-    url: gateway.url,
-    jwtSecret: JWT_SECRET,
-    privateJwk,
-  });
+  const userToken = await mintAccessToken(crypto.randomUUID(), gateway.signing);
   const rpc = (name: string, args: unknown, headers: Record<string, string> = {}) =>
     fetch(`${gateway.url}/rest/v1/rpc/${name}`, {
       method: "POST",

@@ -9,7 +9,6 @@ import * as jose from "jose";
 import {
   ANON_KEY,
   JWT_SECRET,
-  loadSigningKeys,
   PUBLISHABLE_KEY,
   SECRET_KEY,
   SERVICE_ROLE_KEY,
@@ -29,9 +28,8 @@ Deno.test("RPC runs as the caller's role with PostgREST's request settings", asy
   // Mid-migration, so every kind of key and token is live (keys.ts, ProjectKeys).
   const gateway = await startGateway({ PROJECT_KEYS: "both" });
   const db = postgres(gateway.dbUrl, { max: 1, onnotice: () => {} });
-  const { privateJwk } = await loadSigningKeys();
   const userId = crypto.randomUUID();
-  const signing = { url: gateway.url, jwtSecret: JWT_SECRET, privateJwk };
+  const signing = gateway.signing;
   const es256 = await mintAccessToken(userId, signing, { alg: "ES256", email: "a@example.test" });
   const hs256 = await mintAccessToken(userId, signing, { alg: "HS256" });
 
@@ -238,12 +236,7 @@ Deno.test("RPC runs as the caller's role with PostgREST's request settings", asy
 Deno.test("RPC runs under the hosted time limits and read-only rules", async (t) => {
   const gateway = await startGateway();
   const db = postgres(gateway.dbUrl, { max: 2, onnotice: () => {} });
-  const { privateJwk } = await loadSigningKeys();
-  const token = await mintAccessToken(crypto.randomUUID(), {
-    url: gateway.url,
-    jwtSecret: JWT_SECRET,
-    privateJwk,
-  });
+  const token = await mintAccessToken(crypto.randomUUID(), gateway.signing);
   const as = {
     anon: { apikey: PUBLISHABLE_KEY },
     authenticated: { apikey: PUBLISHABLE_KEY, authorization: `Bearer ${token}` },
