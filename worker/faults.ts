@@ -3,7 +3,7 @@
  * database. A partition cuts the control plane (heartbeats and claims) while
  * the device writes still reach the database, the case the fencing exists for.
  */
-import { type BackendApi, BackendError } from "./backend.ts";
+import { type BackendApi, BackendError } from "../packages/backend/src/api.ts";
 
 export class FaultyBackend implements BackendApi {
   partitioned = false;

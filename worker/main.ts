@@ -16,7 +16,7 @@
  * stdin when WORKER_EXIT_ON_STDIN_EOF=1.
  */
 import { createClient } from "@supabase/supabase-js";
-import { supabaseBackend } from "./backend.ts";
+import { supabaseBackend } from "../packages/backend/src/api.ts";
 import { stackEnv } from "./env.ts";
 import { FaultyBackend } from "./faults.ts";
 import { WHATSAPP_PAIRING } from "./pairing.ts";

@@ -21,9 +21,9 @@ import {
   type BackendApi,
   BackendError,
   type DeviceStatus,
-} from "./backend.ts";
-import { type Clock, systemClock } from "./clock.ts";
-import { Lease } from "./lease.ts";
+} from "../packages/backend/src/api.ts";
+import { type Clock, systemClock } from "../packages/backend/src/clock.ts";
+import { Lease } from "../packages/backend/src/lease.ts";
 import {
   newPairingKeys,
   type PairingKeys,

@@ -9,8 +9,8 @@ import {
   type DeviceStatus,
   type Heartbeat,
   type HeartbeatInput,
-} from "../../worker/backend.ts";
-import type { Clock } from "../../worker/clock.ts";
+} from "../../packages/backend/src/api.ts";
+import type { Clock } from "../../packages/backend/src/clock.ts";
 
 export class FakeClock implements Clock {
   constructor(public time = Date.UTC(2026, 0, 1)) {}

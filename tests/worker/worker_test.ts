@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { BackendError } from "../../worker/backend.ts";
+import { BackendError } from "../../packages/backend/src/api.ts";
 import { BackendWorker, type WorkerEvent } from "../../worker/worker.ts";
 import { FakeClock, FakeDatabase } from "./fakes.ts";
 
