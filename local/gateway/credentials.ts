@@ -85,10 +85,26 @@ async function verifyJwt(verifier: JwtVerifier, token: string): Promise<Credenti
 }
 
 /** A migrated project's disabled legacy keys are refused even though they are validly signed JWTs. */
-function refuseDisabledLegacyKey(key: string, profile: ProjectProfile): void {
+export function refuseDisabledLegacyKey(key: string, profile: ProjectProfile): void {
   if (!profile.legacyApiKeys && (key === ANON_KEY || key === SERVICE_ROLE_KEY)) {
     throw new CredentialRejected("legacy_api_key_disabled", "Legacy API keys are disabled");
   }
+}
+
+/**
+ * The platform gateway's check on Auth routes (`/auth/v1/…`): one of this
+ * project's API keys is required in `apikey`, and the `Authorization` header is left for Auth
+ * itself to judge.
+ */
+export function requireApiKey(request: Request, profile: ProjectProfile): void {
+  const apikey = request.headers.get("apikey");
+  if (apikey === null || apikey === "") {
+    throw new CredentialRejected("missing", "No API key found in request");
+  }
+  if (profile.newApiKeys && (apikey === PUBLISHABLE_KEY || apikey === SECRET_KEY)) return;
+  refuseDisabledLegacyKey(apikey, profile);
+  if (profile.legacyApiKeys && (apikey === ANON_KEY || apikey === SERVICE_ROLE_KEY)) return;
+  throw new CredentialRejected("invalid_api_key", "Invalid API key");
 }
 
 /** The role and claims of a request to the Data API (`/rest/v1`). */

@@ -7,6 +7,7 @@
  *   GATEWAY_STATE_DIR             signing key, request log, function logs (<repo>/.local)
  *   SUPABASE_DB_URL               the database, as functions get it (postgres@127.0.0.1:54322)
  *   GATEWAY_DB_URL                how the gateway connects (same server, as `authenticator`)
+ *   GATEWAY_AUTH_DB_URL           how its Auth connects (same server, as `supabase_auth_admin`)
  *   FUNCTIONS_DIR                 functions to serve (<repo>/supabase/functions)
  *   FUNCTIONS_CONFIG              their config.toml (FUNCTIONS_DIR/../config.toml)
  *   GATEWAY_ENV_FILE              where to write .env.local (<repo>/.env.local; empty: don't)
@@ -20,6 +21,8 @@
  *                                 supabase/config.toml)
  */
 import postgres from "postgres";
+import { parse as parseToml } from "smol-toml";
+import { authSettings } from "./auth.ts";
 import { FunctionHost } from "./functions.ts";
 import { createJwtVerifier } from "./jwt.ts";
 import {
@@ -42,15 +45,14 @@ const host = env("GATEWAY_HOST", "127.0.0.1");
 const port = Number(env("GATEWAY_PORT", "54321"));
 const stateDir = env("GATEWAY_STATE_DIR", `${REPO}/.local`);
 const dbUrl = env("SUPABASE_DB_URL", "postgresql://postgres:postgres@127.0.0.1:54322/postgres");
-const gatewayDbUrl = env(
-  "GATEWAY_DB_URL",
-  (() => {
-    const url = new URL(dbUrl);
-    url.username = "authenticator";
-    url.password = "postgres";
-    return url.href;
-  })(),
-);
+const asRole = (role: string) => {
+  const url = new URL(dbUrl);
+  url.username = role;
+  url.password = "postgres";
+  return url.href;
+};
+const gatewayDbUrl = env("GATEWAY_DB_URL", asRole("authenticator"));
+const authDbUrl = env("GATEWAY_AUTH_DB_URL", asRole("supabase_auth_admin"));
 const functionsDir = env("FUNCTIONS_DIR", `${REPO}/supabase/functions`);
 const functionsConfig = env(
   "FUNCTIONS_CONFIG",
@@ -78,6 +80,17 @@ const sql = postgres(gatewayDbUrl, {
   onnotice: () => {},
   connection: { application_name: "local-gateway" },
 });
+// GoTrue keeps its own small pool, as the Auth server of a hosted project does.
+const authSql = postgres(authDbUrl, {
+  max: 5,
+  idle_timeout: 30,
+  connect_timeout: 5,
+  backoff: () => 0.2,
+  onnotice: () => {},
+  connection: { application_name: "local-gateway-auth" },
+});
+// The `[auth]` settings of the config.toml the gateway honours, as `supabase start` passes them to GoTrue.
+const authConfig = (parseToml(await Deno.readTextFile(functionsConfig)) as { auth?: object }).auth;
 const log = await RequestLog.open(env("GATEWAY_REQUEST_LOG", `${stateDir}/gateway/requests.log`));
 
 /** Starts the functions once the port is known, since SUPABASE_URL carries it. */
@@ -114,6 +127,7 @@ function functionHost(url: string): FunctionHost {
 }
 
 let functions: FunctionHost | null = null;
+let url = "";
 const handler = createHandler({
   sql,
   verifier,
@@ -123,6 +137,14 @@ const handler = createHandler({
   get functions() {
     return functions!;
   },
+  auth: {
+    sql: authSql,
+    signing: { jwtSecret: JWT_SECRET, privateJwk: signing.privateJwk },
+    settings: authSettings(authConfig),
+    get issuerUrl() {
+      return url;
+    },
+  },
 });
 
 const server = Deno.serve({
@@ -130,7 +152,7 @@ const server = Deno.serve({
   port,
   onListen: () => {},
 }, handler);
-const url = `http://${host}:${server.addr.port}`;
+url = `http://${host}:${server.addr.port}`;
 functions = functionHost(url);
 if (env("GATEWAY_WATCH", "1") !== "0") functions.watch();
 
@@ -176,6 +198,7 @@ async function stop(signal: Deno.Signal) {
   await functions?.shutdown();
   await server.shutdown();
   await sql.end({ timeout: 2 });
+  await authSql.end({ timeout: 2 });
   log.close();
   Deno.exit(0);
 }

@@ -3,6 +3,7 @@
  *
  *   POST/GET /rest/v1/rpc/<function>       PostgREST RPC (./rpc.ts)
  *   GET  /auth/v1/.well-known/jwks.json    the project's public signing keys
+ *   POST /auth/v1/token, /auth/v1/admin/users   the Auth this bundle needs (./auth.ts)
  *   *    /functions/v1/<name>[/…]          edge functions (./functions.ts)
  *   GET  /_gateway/health                  readiness, for local/gateway.sh
  *
@@ -10,6 +11,7 @@
  * one line in the request log.
  */
 import type { Sql } from "postgres";
+import { type AuthDeps, handleAuth } from "./auth.ts";
 import { corsHeaders } from "./cors.ts";
 import { CredentialRejected, resolveApiCredential } from "./credentials.ts";
 import type { FunctionHost } from "./functions.ts";
@@ -26,6 +28,8 @@ export interface GatewayDeps {
   profile: ProjectProfile;
   jwks: unknown;
   functions: FunctionHost;
+  /** Auth's database pool and settings; the verifier and profile are the gateway's. */
+  auth: Omit<AuthDeps, "verifier" | "profile">;
   log: RequestLog;
 }
 
@@ -93,10 +97,14 @@ async function route(request: Request, path: string, deps: GatewayDeps): Promise
       "cache-control": "public, max-age=600",
     });
   }
+  if (path.startsWith("/auth/v1/")) {
+    const { verifier, profile } = deps;
+    return await handleAuth(request, path, { ...deps.auth, verifier, profile });
+  }
   if (path === "/_gateway/health") return json(request, 200, JSON.stringify({ status: "ok" }));
   return errorResponse(request, 404, "not_found", `No route for ${path}`, {
     hint:
-      "This local gateway serves /rest/v1/rpc/<fn>, /functions/v1/<name> and /auth/v1/.well-known/jwks.json",
+      "This local gateway serves /rest/v1/rpc/<fn>, /functions/v1/<name>, /auth/v1/token, /auth/v1/admin/users and /auth/v1/.well-known/jwks.json",
   });
 }
 

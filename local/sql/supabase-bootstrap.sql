@@ -83,6 +83,70 @@ create table if not exists auth.users (
   deleted_at timestamptz
 );
 
+-- Columns GoTrue's sign-in reads and writes (supabase/auth migrations); added
+-- separately so a cluster bootstrapped before them gains them.
+alter table auth.users add column if not exists phone text unique default null;
+alter table auth.users add column if not exists last_sign_in_at timestamptz;
+alter table auth.users add column if not exists banned_until timestamptz;
+
+-- Sessions and rotating refresh tokens, as GoTrue keeps them with its
+-- refresh-token algorithm v1 (internal/models/sessions.go, refresh_token.go,
+-- amr.go): one session per sign-in, one live token per session, each rotation
+-- revoking the old token and naming it as the new one's parent.
+create table if not exists auth.sessions (
+  id uuid primary key,
+  user_id uuid not null references auth.users (id) on delete cascade,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  refreshed_at timestamp without time zone,
+  aal text not null default 'aal1',
+  not_after timestamptz,
+  user_agent text,
+  ip inet
+);
+create index if not exists sessions_user_id_idx on auth.sessions (user_id);
+
+create table if not exists auth.refresh_tokens (
+  instance_id uuid,
+  id bigserial primary key,
+  token varchar(255) not null unique,
+  user_id varchar(255),
+  revoked boolean not null default false,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  parent varchar(255),
+  session_id uuid references auth.sessions (id) on delete cascade
+);
+create index if not exists refresh_tokens_parent_idx on auth.refresh_tokens (parent);
+create index if not exists refresh_tokens_session_id_revoked_idx
+  on auth.refresh_tokens (session_id, revoked);
+
+create table if not exists auth.mfa_amr_claims (
+  id uuid primary key,
+  session_id uuid not null references auth.sessions (id) on delete cascade,
+  created_at timestamptz not null,
+  updated_at timestamptz not null,
+  authentication_method text not null,
+  unique (session_id, authentication_method)
+);
+
+-- GoTrue connects as supabase_auth_admin, which owns the auth schema on a
+-- hosted project; the local gateway's Auth (local/gateway/auth.ts) does the
+-- same, so the API roles never need more than they have above.
+do $$
+begin
+  if not exists (select from pg_roles where rolname = 'supabase_auth_admin') then
+    create role supabase_auth_admin login noinherit password 'postgres';
+  end if;
+end
+$$;
+alter role supabase_auth_admin set search_path to auth;
+grant usage on schema auth to supabase_auth_admin;
+grant usage on schema extensions to supabase_auth_admin;
+grant select, insert, update, delete on auth.users, auth.sessions, auth.refresh_tokens,
+  auth.mfa_amr_claims to supabase_auth_admin;
+grant usage on sequence auth.refresh_tokens_id_seq to supabase_auth_admin;
+
 create or replace function auth.jwt() returns jsonb
 language sql stable
 as $$
