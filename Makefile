@@ -1,6 +1,6 @@
 # The front door. Every target does its own set-up (local/setup.sh) on a fresh
 # Debian machine with Node only.
-.PHONY: dev test up down db-reset setup status reset-device reset-inactive reset-all bench chaos
+.PHONY: dev test up down db-reset setup status reset-device reset-inactive reset-all server-add server-disable server-enable bench chaos
 
 dev: setup          ## the main job: local stack + fleet + live demo (Ctrl-C stops all)
 	@local/dev.sh
@@ -35,6 +35,14 @@ reset-inactive: up
 	@$(OPERATOR) reset-inactive $(if $(DRY_RUN),--dry-run)
 reset-all: up
 	@$(OPERATOR) reset-all $(if $(DRY_RUN),--dry-run)
+
+# Backend server accounts:  make server-add NAME=<name>   make server-disable NAME=<name>   make server-enable NAME=<name>
+server-add: up
+	@$(OPERATOR) server add "$(NAME)"
+server-disable: up
+	@$(OPERATOR) server disable "$(NAME)"
+server-enable: up
+	@$(OPERATOR) server enable "$(NAME)"
 
 chaos: setup        ## faults with invariants on a private stack (PostgreSQL restart included); report in test-results/chaos-report.md
 	@node_modules/.bin/deno run -A tests/chaos/chaos.ts --seconds $${CHAOS_SECONDS:-180} --db-restart

@@ -1,22 +1,29 @@
 /**
  * Operator command line: the verbs of the old fix script, over the
  * `reassign-device` edge function with the project's secret key, so that an
- * operator changes devices through the same audited SQL as everybody else.
+ * operator changes devices through the same audited SQL as everybody else;
+ * and the backend servers' accounts, through Supabase Auth's admin API and
+ * `set_backend_server_enabled`.
  *
  *   deno run -A cli/operator.ts reset-device <device-id> [--dry-run]
  *   deno run -A cli/operator.ts reset-inactive [--dry-run]   every orphaned device
  *   deno run -A cli/operator.ts reset-all [--dry-run]        every connecting device
  *   deno run -A cli/operator.ts status                       assignment_health() as tables
+ *   deno run -A cli/operator.ts server add <name>            its Auth account, credentials shown once
+ *   deno run -A cli/operator.ts server disable <name>        refused from its next call on
+ *   deno run -A cli/operator.ts server enable <name>
  *
- * Add `--json` to print the function's answer as it is. Reads SUPABASE_URL and
- * SUPABASE_SECRET_KEY from the environment, else from `.env.local` (which
- * `local/gateway.sh start` writes for the local stack).
+ * Add `--json` to print the answer as it is. Reads SUPABASE_URL and
+ * SUPABASE_SECRET_KEY from the environment, else from the file the local
+ * stack's gateway writes (`.env.local`, or GATEWAY_ENV_FILE; worker/env.ts).
  */
+import { createClient } from "@supabase/supabase-js";
+import { localEnvFile, readEnvFile } from "../worker/env.ts";
 
 export interface CliIo {
   env: (name: string) => string | undefined;
-  /** Contents of `.env.local`, or null when there is none. */
-  readEnvFile: () => Promise<string | null>;
+  /** The variables of the local stack's env file (worker/env.ts), empty when there is none. */
+  readEnvFile: () => Record<string, string>;
   fetch: typeof fetch;
   out: (line: string) => void;
   err: (line: string) => void;
@@ -30,19 +37,28 @@ commands:
   reset-all                  reassign every connecting device
   status                     servers, devices by status and server, orphaned and stale
                              counts, cron jobs (assignment_health())
+  server add <name>          create the backend server's Auth account and enable it; prints
+                             its credentials and the env lines it needs, once
+  server disable <name>      refuse the server from its next call on; its devices are healed
+                             as from a dead server
+  server enable <name>       let a disabled server back
 
 options:
   --dry-run   show what would change, change nothing (reset-* only)
   --json      print the raw JSON answer
 
 environment (or .env.local):
-  SUPABASE_URL          the project URL, e.g. https://<ref>.supabase.co
-  SUPABASE_SECRET_KEY   the project's secret key (sb_secret_...)`;
+  SUPABASE_URL               the project URL, e.g. https://<ref>.supabase.co
+  SUPABASE_SECRET_KEY        the project's secret key (sb_secret_...)
+  SUPABASE_PUBLISHABLE_KEY   optional: put in the env lines \`server add\` prints`;
+
+type ServerVerb = "add" | "disable" | "enable";
 
 type Command =
   | { verb: "reset-device"; deviceId: string; dryRun: boolean; json: boolean }
   | { verb: "reset-inactive" | "reset-all"; dryRun: boolean; json: boolean }
-  | { verb: "status"; json: boolean };
+  | { verb: "status"; json: boolean }
+  | { verb: "server"; action: ServerVerb; name: string; json: boolean };
 
 class UsageError extends Error {}
 
@@ -68,31 +84,45 @@ export function parseArgs(args: string[]): Command | "help" {
       if (rest.length > 0) throw new UsageError("status takes no arguments");
       if (dryRun) throw new UsageError("status changes nothing; --dry-run does not apply");
       return { verb, json };
+    case "server": {
+      const [action, name, ...extra] = rest;
+      if (!["add", "disable", "enable"].includes(action)) {
+        throw new UsageError("server takes add, disable or enable");
+      }
+      if (name === undefined || extra.length > 0) {
+        throw new UsageError(`server ${action} needs exactly one server name`);
+      }
+      if (dryRun) throw new UsageError(`server ${action} has no --dry-run`);
+      const problem = serverNameProblem(name);
+      if (problem) throw new UsageError(problem);
+      return { verb, action: action as ServerVerb, name, json };
+    }
     default:
       throw new UsageError(`unknown command ${verb}`);
   }
 }
 
-/** `KEY=value` lines; `#` comments, blank lines and optional quotes as dotenv files have them. */
-export function parseEnvFile(text: string): Record<string, string> {
-  const values: Record<string, string> = {};
-  for (const raw of text.split(/\r?\n/)) {
-    const line = raw.trim();
-    if (!line || line.startsWith("#")) continue;
-    const match = /^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$/.exec(line);
-    if (!match) continue;
-    values[match[1]] = match[2].replace(/^(['"])(.*)\1$/, "$2");
+/**
+ * The server-name rule of the SQL (server_heartbeat: 1 to 200 characters, not
+ * blank), checked here too so that `server add` never creates an account for
+ * a name the database would refuse.
+ */
+export function serverNameProblem(name: string): string | null {
+  if (name.trim().length === 0 || name.length > 200) {
+    return "a server name is 1 to 200 characters and not blank";
   }
-  return values;
+  return null;
 }
 
 interface Target {
   url: string;
   secretKey: string;
+  /** The key a backend server's client uses, by the name it was found under. */
+  publishableKey: { name: string; value: string } | null;
 }
 
-async function target(io: CliIo): Promise<Target | string> {
-  const file = parseEnvFile((await io.readEnvFile()) ?? "");
+function target(io: CliIo): Target | string {
+  const file = io.readEnvFile();
   const pick = (name: string) => io.env(name) || file[name] || "";
   const url = pick("SUPABASE_URL");
   const secretKey = pick("SUPABASE_SECRET_KEY");
@@ -105,10 +135,19 @@ async function target(io: CliIo): Promise<Target | string> {
   if (secretKey.startsWith("sb_publishable_")) {
     return "SUPABASE_SECRET_KEY holds a publishable key; operators need the secret key (sb_secret_...).";
   }
-  return { url: url.replace(/\/+$/, ""), secretKey };
+  const publishableName = ["SUPABASE_PUBLISHABLE_KEY", "SUPABASE_ANON_KEY"].find((name) =>
+    pick(name)
+  );
+  return {
+    url: url.replace(/\/+$/, ""),
+    secretKey,
+    publishableKey: publishableName
+      ? { name: publishableName, value: pick(publishableName) }
+      : null,
+  };
 }
 
-function requestBody(command: Command): Record<string, unknown> {
+function requestBody(command: Exclude<Command, { verb: "server" }>): Record<string, unknown> {
   switch (command.verb) {
     case "reset-device":
       return { scope: "device", device_id: command.deviceId, dry_run: command.dryRun };
@@ -133,11 +172,12 @@ export async function run(args: string[], io: CliIo): Promise<number> {
     io.out(USAGE);
     return 0;
   }
-  const where = await target(io);
+  const where = target(io);
   if (typeof where === "string") {
     io.err(`operator: ${where}`);
     return 2;
   }
+  if (command.verb === "server") return await serverCommand(command, where, io);
 
   let response: Response;
   try {
@@ -178,6 +218,115 @@ export async function run(args: string[], io: CliIo): Promise<number> {
   }
   io.out(
     command.verb === "status" ? formatHealth(body as Health) : formatReassign(body as Reassigned),
+  );
+  return 0;
+}
+
+// --- backend server accounts ---------------------------------------------------------
+
+/**
+ * The login of a server's account. Only `app_metadata.device_backend` says
+ * which server an account is; the email is a handle, in the reserved
+ * `.invalid` domain so that Auth never mails anyone. A name that is not a
+ * plain lower-case local part is replaced by a digest of itself, since Auth
+ * lower-cases emails and two names must never share one.
+ */
+export async function backendEmail(name: string): Promise<string> {
+  if (/^[a-z0-9](?:[a-z0-9_-]|\.(?!\.)){0,62}[a-z0-9]?$/.test(name) && !name.endsWith(".")) {
+    return `${name}@backend.invalid`;
+  }
+  const digest = new Uint8Array(
+    await crypto.subtle.digest("SHA-256", new TextEncoder().encode(name)),
+  );
+  const hex = Array.from(digest.slice(0, 10), (b) => b.toString(16).padStart(2, "0")).join("");
+  return `server-${hex}@backend.invalid`;
+}
+
+/** 32 random bytes, base64url: 256 bits, within bcrypt's 72-byte limit. */
+function strongPassword(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(32));
+  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_")
+    .replace(/=+$/, "");
+}
+
+async function serverCommand(
+  command: Extract<Command, { verb: "server" }>,
+  where: Target,
+  io: CliIo,
+): Promise<number> {
+  const supabase = createClient(where.url, where.secretKey, {
+    auth: { persistSession: false, autoRefreshToken: false },
+    global: { fetch: io.fetch },
+  });
+  const { name } = command;
+  let account: Record<string, unknown> = {};
+
+  if (command.action === "add") {
+    const email = await backendEmail(name);
+    const password = strongPassword();
+    const { data, error } = await supabase.auth.admin.createUser({
+      email,
+      password,
+      email_confirm: true,
+      app_metadata: { device_backend: name },
+    });
+    if (error) {
+      io.err(
+        `operator: cannot create the account of ${name}: ${error.status ?? ""} ${
+          error.code ?? "error"
+        }: ${error.message}`,
+      );
+      if (error.code === "email_exists") {
+        io.err(
+          `hint: ${name} already has an account (${email}); its password was shown when it was added. ` +
+            "Use `server enable` to let it back, or reset its password in the dashboard (Authentication → Users).",
+        );
+      }
+      return 1;
+    }
+    account = { user_id: data.user.id, email, password };
+    // Printed before enabling, so the credentials are not lost if that fails.
+    const key = where.publishableKey;
+    const env = [
+      `SUPABASE_URL=${where.url}`,
+      key ? `${key.name}=${key.value}` : "SUPABASE_PUBLISHABLE_KEY=<the project's publishable key>",
+      `BACKEND_SERVER_NAME=${name}`,
+      `BACKEND_EMAIL=${email}`,
+      `BACKEND_PASSWORD=${password}`,
+    ];
+    if (!command.json) {
+      io.out(
+        `Created the Auth account of backend server ${name} (user ${data.user.id}).\n` +
+          "Its password is shown only now: put these lines in the server's secrets.\n\n" +
+          env.join("\n") + "\n",
+      );
+    }
+    account.env = env;
+  }
+
+  const enabled = command.action !== "disable";
+  const { data, error } = await supabase.rpc("set_backend_server_enabled", {
+    p_server_name: name,
+    p_enabled: enabled,
+  });
+  if (error) {
+    io.err(
+      `operator: set_backend_server_enabled(${name}, ${enabled}) failed: ${
+        error.code ? `${error.code}: ` : ""
+      }${error.message}`,
+    );
+    if (error.hint) io.err(`hint: ${error.hint}`);
+    if (command.json && command.action === "add") io.out(JSON.stringify(account, null, 2));
+    return 1;
+  }
+  if (command.json) {
+    io.out(JSON.stringify({ server: name, enabled, ...account, result: data }, null, 2));
+    return 0;
+  }
+  io.out(
+    enabled
+      ? `server ${name} enabled`
+      : `server ${name} disabled: refused from its next call; its devices are healed as from a dead server`,
   );
   return 0;
 }
@@ -350,26 +499,11 @@ export function table(header: string[], rows: string[][]): string {
 
 // --- entry point ----------------------------------------------------------------------
 
-async function readEnvFile(): Promise<string | null> {
-  const candidates = [
-    `${Deno.cwd()}/.env.local`,
-    new URL("../.env.local", import.meta.url).pathname,
-  ];
-  for (const path of candidates) {
-    try {
-      return await Deno.readTextFile(path);
-    } catch {
-      // next candidate
-    }
-  }
-  return null;
-}
-
 if (import.meta.main) {
   Deno.exit(
     await run(Deno.args, {
       env: (name) => Deno.env.get(name),
-      readEnvFile,
+      readEnvFile: () => readEnvFile(localEnvFile()),
       fetch,
       out: (line) => console.log(line),
       err: (line) => console.error(line),

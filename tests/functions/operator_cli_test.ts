@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { type CliIo, formatHealth, parseEnvFile, run } from "../../cli/operator.ts";
+import { backendEmail, type CliIo, formatHealth, run } from "../../cli/operator.ts";
+import { readEnvFile } from "../../worker/env.ts";
 import { DEVICE_ID } from "./fakes.ts";
 
 interface Sent {
@@ -10,7 +11,7 @@ interface Sent {
 
 function io(options: {
   env?: Record<string, string>;
-  envFile?: string | null;
+  envFile?: Record<string, string>;
   answer?: (sent: Sent) => Response;
 } = {}) {
   const sent: Sent[] = [];
@@ -18,10 +19,11 @@ function io(options: {
   const err: string[] = [];
   const cli: CliIo = {
     env: (name) => options.env?.[name],
-    readEnvFile: () => Promise.resolve(options.envFile ?? null),
+    readEnvFile: () => options.envFile ?? {},
     fetch: async (input, init) => {
       const request = new Request(input, init);
-      const entry = { url: request.url, headers: request.headers, body: await request.json() };
+      const text = await request.text();
+      const entry = { url: request.url, headers: request.headers, body: text && JSON.parse(text) };
       sent.push(entry);
       return options.answer?.(entry) ??
         Response.json({ scope: "inactive", dry_run: false, count: 0, devices: [] });
@@ -50,8 +52,7 @@ Deno.test("a publishable key in SUPABASE_SECRET_KEY is refused", async () => {
 
 Deno.test("settings come from .env.local when the environment has none", async () => {
   const { cli, sent } = io({
-    envFile:
-      '# local stack\nSUPABASE_URL="http://127.0.0.1:54321"\nSUPABASE_SECRET_KEY=sb_secret_file\n',
+    envFile: { SUPABASE_URL: "http://127.0.0.1:54321", SUPABASE_SECRET_KEY: "sb_secret_file" },
   });
   assert.equal(await run(["reset-inactive"], cli), 0);
   assert.equal(sent[0].url, "http://127.0.0.1:54321/functions/v1/reassign-device");
@@ -59,7 +60,7 @@ Deno.test("settings come from .env.local when the environment has none", async (
 });
 
 Deno.test("the environment wins over .env.local", async () => {
-  const { cli, sent } = io({ env: ENV, envFile: "SUPABASE_SECRET_KEY=sb_secret_file" });
+  const { cli, sent } = io({ env: ENV, envFile: { SUPABASE_SECRET_KEY: "sb_secret_file" } });
   await run(["reset-inactive"], cli);
   assert.equal(sent[0].headers.get("apikey"), "sb_secret_cli");
   assert.equal(sent[0].url, "https://example.supabase.co/functions/v1/reassign-device");
@@ -209,11 +210,158 @@ Deno.test("status shows servers with heartbeat ages, device counts, orphaned/sta
   );
 });
 
-Deno.test(".env.local parsing handles comments, quotes and export", () => {
-  assert.deepEqual(
-    parseEnvFile("# c\nexport A=1\nB='two'\nC=\"three\"\n\nnot a line\nD=a=b\n"),
-    { A: "1", B: "two", C: "three", D: "a=b" },
-  );
+Deno.test("the env file the CLI reads (worker/env.ts) handles comments, quotes and export", () => {
+  const path = Deno.makeTempFileSync({ suffix: ".env" });
+  try {
+    Deno.writeTextFileSync(path, "# c\nexport A=1\nB='two'\nC=\"three\"\n\nnot a line\nD=a=b\n");
+    assert.deepEqual(readEnvFile(new URL(`file://${path}`)), {
+      A: "1",
+      B: "two",
+      C: "three",
+      D: "a=b",
+    });
+  } finally {
+    Deno.removeSync(path);
+  }
+});
+
+// --- backend server accounts ---------------------------------------------------------
+
+/** Answers like Auth's admin API and PostgREST, recording each call. */
+function serverApi(options: { authError?: Response; rpcError?: Response } = {}) {
+  return (sent: Sent): Response => {
+    const path = new URL(sent.url).pathname;
+    if (path === "/auth/v1/admin/users") {
+      if (options.authError) return options.authError;
+      const body = sent.body as { email: string; app_metadata: Record<string, unknown> };
+      return Response.json({
+        id: "5e000000-0000-4000-8000-00000000000a",
+        aud: "authenticated",
+        role: "authenticated",
+        email: body.email,
+        app_metadata: { provider: "email", providers: ["email"], ...body.app_metadata },
+        user_metadata: {},
+        identities: [],
+        created_at: "2026-12-01T00:00:00Z",
+      });
+    }
+    if (path === "/rest/v1/rpc/set_backend_server_enabled") {
+      return options.rpcError ?? Response.json({ server: "x", enabled: true });
+    }
+    return Response.json({ message: `unexpected ${path}` }, { status: 404 });
+  };
+}
+
+Deno.test("`server add` creates the account, prints its credentials once, then enables it", async () => {
+  const { cli, sent, out } = io({
+    env: { ...ENV, SUPABASE_PUBLISHABLE_KEY: "sb_publishable_cli" },
+    answer: serverApi(),
+  });
+  assert.equal(await run(["server", "add", "railway-7"], cli), 0);
+  assert.deepEqual(sent.map((s) => new URL(s.url).pathname), [
+    "/auth/v1/admin/users",
+    "/rest/v1/rpc/set_backend_server_enabled",
+  ]);
+  const created = sent[0].body as Record<string, unknown>;
+  assert.equal(sent[0].headers.get("authorization"), "Bearer sb_secret_cli");
+  assert.equal(created.email, "railway-7@backend.invalid");
+  assert.equal(created.email_confirm, true);
+  assert.deepEqual(created.app_metadata, { device_backend: "railway-7" });
+  const password = created.password as string;
+  assert.ok(password.length >= 43, "256 random bits");
+  assert.deepEqual(sent[1].body, { p_server_name: "railway-7", p_enabled: true });
+
+  const text = out.join("\n");
+  assert.equal(text.split(password).length - 1, 1, "the password is printed exactly once");
+  for (
+    const line of [
+      "SUPABASE_URL=https://example.supabase.co",
+      "SUPABASE_PUBLISHABLE_KEY=sb_publishable_cli",
+      "BACKEND_SERVER_NAME=railway-7",
+      "BACKEND_EMAIL=railway-7@backend.invalid",
+      `BACKEND_PASSWORD=${password}`,
+    ]
+  ) {
+    assert.match(text, new RegExp(`^${line.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}$`, "m"));
+  }
+  assert.match(text, /server railway-7 enabled/);
+});
+
+Deno.test("two `server add` runs never share a password", async () => {
+  const passwords = [];
+  for (let i = 0; i < 2; i++) {
+    const { cli, sent } = io({ env: ENV, answer: serverApi() });
+    assert.equal(await run(["server", "add", "railway-7"], cli), 0);
+    passwords.push((sent[0].body as { password: string }).password);
+  }
+  assert.notEqual(passwords[0], passwords[1]);
+});
+
+Deno.test("`server disable` and `server enable` call set_backend_server_enabled only", async () => {
+  for (const [action, enabled] of [["disable", false], ["enable", true]] as const) {
+    const { cli, sent, out } = io({ env: ENV, answer: serverApi() });
+    assert.equal(await run(["server", action, "railway-7"], cli), 0);
+    assert.equal(sent.length, 1);
+    assert.equal(new URL(sent[0].url).pathname, "/rest/v1/rpc/set_backend_server_enabled");
+    assert.equal(sent[0].headers.get("apikey"), "sb_secret_cli");
+    assert.deepEqual(sent[0].body, { p_server_name: "railway-7", p_enabled: enabled });
+    assert.match(out.join("\n"), new RegExp(`server railway-7 ${action}d`));
+  }
+});
+
+Deno.test("a server name the SQL would refuse is refused before any call", async () => {
+  for (const name of ["", "   ", "x".repeat(201)]) {
+    const { cli, sent, err } = io({ env: ENV, answer: serverApi() });
+    assert.equal(await run(["server", "add", name], cli), 2, JSON.stringify(name));
+    assert.equal(sent.length, 0);
+    assert.match(err.join("\n"), /1 to 200 characters/);
+  }
+  const { cli, sent } = io({ env: ENV, answer: serverApi() });
+  assert.equal(await run(["server", "add", "x".repeat(200)], cli), 0, "200 characters is a name");
+  assert.equal(sent.length, 2);
+});
+
+Deno.test("a name that is no plain email local part gets a digest login, distinct per name", async () => {
+  assert.equal(await backendEmail("railway-7"), "railway-7@backend.invalid");
+  const upper = await backendEmail("Railway-7");
+  const spaced = await backendEmail("railway 7");
+  assert.match(upper, /^server-[0-9a-f]{20}@backend\.invalid$/);
+  assert.match(spaced, /^server-[0-9a-f]{20}@backend\.invalid$/);
+  assert.notEqual(upper, spaced);
+  assert.equal(upper, await backendEmail("Railway-7"), "stable for one name");
+});
+
+Deno.test("`server add` of an existing account stops before enabling and says why", async () => {
+  const { cli, sent, err, out } = io({
+    env: ENV,
+    answer: serverApi({
+      authError: Response.json({
+        code: "email_exists",
+        message: "A user with this email address has already been registered",
+      }, { status: 422, headers: { "x-supabase-api-version": "2024-01-01" } }),
+    }),
+  });
+  assert.equal(await run(["server", "add", "railway-7"], cli), 1);
+  assert.equal(sent.length, 1, "set_backend_server_enabled is not called");
+  assert.equal(out.length, 0, "no credentials are printed");
+  assert.match(err.join("\n"), /already has an account \(railway-7@backend\.invalid\)/);
+});
+
+Deno.test("when enabling fails, `server add` has already shown the credentials and exits 1", async () => {
+  const { cli, out, err } = io({
+    env: ENV,
+    answer: serverApi({
+      rpcError: Response.json({
+        code: "42501",
+        message: "permission denied for function set_backend_server_enabled",
+        details: null,
+        hint: null,
+      }, { status: 403 }),
+    }),
+  });
+  assert.equal(await run(["server", "add", "railway-7"], cli), 1);
+  assert.match(out.join("\n"), /^BACKEND_PASSWORD=\S{43,}$/m);
+  assert.match(err.join("\n"), /42501: permission denied/);
 });
 
 Deno.test("a dry run with no live server prints its plan and why nothing would move now", async () => {
