@@ -12,6 +12,7 @@
  * stdin (`kill sim-1`, `partition sim-2`, `add`, `list`, …). Ctrl-C stops every
  * worker gracefully.
  */
+import { CONTROL_TOKEN_HEADER, controlRefusal, createControlToken } from "./control_auth.ts";
 import { stackEnv } from "./env.ts";
 
 export interface FleetOptions {
@@ -68,6 +69,8 @@ const WORKER_ENTRY = new URL("./main.ts", import.meta.url);
 
 export class Fleet {
   readonly events: FleetEvent[] = [];
+  /** Required on every state-changing control request (./control_auth.ts); new for every run. */
+  readonly controlToken = createControlToken();
   readonly #workers = new Map<string, WorkerProcess>();
   readonly #options: Required<Omit<FleetOptions, "onEvent" | "stderrLog">> & FleetOptions;
   #seq = 0;
@@ -390,11 +393,8 @@ export async function fleetControl(fleet: Fleet, request: Request): Promise<Resp
       return json({ events: fleet.events.filter((e) => e.seq > after).slice(-1000) });
     }
     if (request.method !== "POST") return json({ error: { code: "method_not_allowed" } }, 405);
-    if (crossSite(request, url)) {
-      return json({
-        error: { code: "forbidden", message: "the fleet obeys only pages of its own origin" },
-      }, 403);
-    }
+    const refusal = controlRefusal(request, url, fleet.controlToken);
+    if (refusal) return json({ error: { code: "forbidden", message: refusal } }, 403);
     const body = await readJson(request);
     if (parts[1] === "workers" && parts.length === 2) {
       const name = fleet.add(typeof body.name === "string" ? body.name : undefined);
@@ -439,13 +439,6 @@ export async function fleetControl(fleet: Fleet, request: Request): Promise<Resp
     }
     throw error;
   }
-}
-
-function crossSite(request: Request, url: URL): boolean {
-  const site = request.headers.get("sec-fetch-site");
-  if (site !== null && site !== "same-origin" && site !== "none") return true;
-  const origin = request.headers.get("origin");
-  return origin !== null && origin !== url.origin;
 }
 
 async function readJson(request: Request): Promise<Record<string, unknown>> {
@@ -513,7 +506,10 @@ if (import.meta.main) {
   Deno.addSignalListener("SIGINT", shutdown);
   Deno.addSignalListener("SIGTERM", shutdown);
   await fleet.start(count);
-  console.error(`fleet: ${count} workers; control API on http://127.0.0.1:${port}/fleet`);
+  console.error(
+    `fleet: ${count} workers; control API on http://127.0.0.1:${port}/fleet ` +
+      `(state changes need the header ${CONTROL_TOKEN_HEADER}: ${fleet.controlToken})`,
+  );
 
   // The same verbs on stdin: `kill sim-1`, `partition sim-2 [self-fence]`, `add`, `list`, …
   let buffer = "";

@@ -10,11 +10,14 @@
  * repository-wide `deno check` of the Deno code under local/.
  */
 import { createClient } from "@supabase/supabase-js";
+import { CONTROL_TOKEN_HEADER } from "../../worker/control_auth.ts";
 
 interface DemoConfig {
   supabaseUrl: string;
   publishableKey: string;
   devices: { id: string; name: string }[];
+  /** The fleet's per-run token, required on every control request (worker/control_auth.ts). */
+  fleetControlToken: string;
 }
 
 interface QrState {
@@ -289,7 +292,10 @@ async function describeError(error: unknown): Promise<string> {
 async function post(path: string, body: unknown = {}): Promise<Record<string, unknown>> {
   const response = await fetch(path, {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    headers: {
+      "content-type": "application/json",
+      [CONTROL_TOKEN_HEADER]: config.fleetControlToken,
+    },
     body: JSON.stringify(body),
   });
   return await response.json();

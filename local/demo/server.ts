@@ -95,6 +95,8 @@ export async function startDemoServer(options: DemoServerOptions) {
         publishableKey: stack.publishableKey,
         user: DEMO_USER,
         devices: DEMO_DEVICES.map(({ id, name }) => ({ id, name })),
+        // Readable only by pages of this origin: the demo server grants no CORS.
+        fleetControlToken: fleet.controlToken,
       })),
     // The demo user's session, as a sign-in would give it.
     "/api/token": async () => json(await mintDemoToken(stack.url, DEMO_USER)),

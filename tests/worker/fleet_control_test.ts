@@ -5,13 +5,15 @@
  */
 import assert from "node:assert/strict";
 import { Fleet, fleetControl } from "../../worker/fleet.ts";
+import { CONTROL_TOKEN_HEADER } from "../../worker/control_auth.ts";
 
+/** A control request as the fleet's own page sends it: with the fleet's per-run token. */
 function call(
   fleet: Fleet,
   method: string,
   path: string,
   body?: unknown,
-  headers: Record<string, string> = {},
+  headers: Record<string, string> = { [CONTROL_TOKEN_HEADER]: fleet.controlToken },
 ) {
   return fleetControl(
     fleet,
@@ -49,20 +51,38 @@ Deno.test("the fleet control API adds, partitions, heals, kills and restarts wor
     await call(fleet, "POST", `/fleet/workers/${name}/heal`);
     await fleet.waitFor((e) => e.type === "healed", 5_000);
 
-    // A page of another site may not command the fleet, however it sends the POST.
+    // A page of another site may not command the fleet, however it sends the POST, even
+    // with the token; nor may anyone without this run's token, whatever its origin.
+    const token = { [CONTROL_TOKEN_HEADER]: fleet.controlToken };
+    const otherRun = new Fleet({ env: {}, prefix: "other" }).controlToken;
+    assert.notEqual(otherRun, fleet.controlToken, "every run has its own token");
     for (
       const headers of [
-        { origin: "https://evil.example" } as Record<string, string>,
-        { "sec-fetch-site": "cross-site" },
-        { "sec-fetch-site": "same-site", origin: "http://localhost:1" },
+        { ...token, origin: "https://evil.example" } as Record<string, string>,
+        { ...token, "sec-fetch-site": "cross-site" },
+        { ...token, "sec-fetch-site": "same-site", origin: "http://localhost:1" },
+        {},
+        { origin: "http://127.0.0.1", "sec-fetch-site": "same-origin" },
+        { [CONTROL_TOKEN_HEADER]: "" },
+        { [CONTROL_TOKEN_HEADER]: fleet.controlToken.slice(0, -1) },
+        { [CONTROL_TOKEN_HEADER]: `${fleet.controlToken}0` },
+        { [CONTROL_TOKEN_HEADER]: otherRun },
       ]
     ) {
-      const refused = await call(fleet, "POST", `/fleet/workers/${name}/kill`, undefined, headers);
-      assert.equal(refused?.status, 403, JSON.stringify(headers));
+      for (const path of [`/fleet/workers/${name}/kill`, "/fleet/workers", "/fleet/scan"]) {
+        const refused = await call(fleet, "POST", path, { device_id: "x" }, headers);
+        assert.equal(refused?.status, 403, `${path} ${JSON.stringify(headers)}`);
+        assert.equal((await refused!.json()).error.code, "forbidden");
+      }
     }
     assert.equal(fleet.info(name).state, "running", "a refused kill kills nothing");
+    assert.equal(fleet.list().length, 1, "a refused add adds nothing");
     const sameOrigin = { origin: "http://127.0.0.1", "sec-fetch-site": "same-origin" };
-    assert.equal((await call(fleet, "GET", "/fleet", undefined, sameOrigin))?.status, 200);
+    assert.equal(
+      (await call(fleet, "GET", "/fleet", undefined, sameOrigin))?.status,
+      200,
+      "reading needs no token",
+    );
 
     const firstPid = fleet.info(name).pid;
     const killed = await call(fleet, "POST", `/fleet/workers/${name}/kill`);
