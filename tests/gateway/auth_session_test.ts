@@ -300,7 +300,9 @@ Deno.test("the gateway's Auth refuses as GoTrue does", async (t) => {
       assert.equal(duplicate.error?.code, "email_exists");
     });
   } finally {
-    await db`delete from auth.users where email in ${db([email, unconfirmed])}`;
+    await db`delete from auth.users where email in ${
+      db([email, unconfirmed, `intruder-${email}`])
+    }`;
     await db.end();
     await gateway.stop();
   }
