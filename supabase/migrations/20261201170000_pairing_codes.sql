@@ -147,8 +147,8 @@ as $$
 $$;
 
 -- Deletes expired requests (and with them the numbers) and the log rows no
--- rule counts any more. Called by each request, and it belongs in every
--- maintenance pass.
+-- rule counts any more. Called by each request and each claim, so a number
+-- outlives its request by at most one server poll while any server is live.
 create or replace function device_assignment.expire_pairing_requests()
 returns integer
 language plpgsql
@@ -430,6 +430,7 @@ language plpgsql
 set search_path = ''
 as $$
 begin
+  perform device_assignment.expire_pairing_requests();
   return query
     select c.*, device_assignment.pairing_phone_wanted(p_server_id, c.device_id)
     from device_assignment.claim_devices(p_server_id, p_limit) c;
@@ -449,13 +450,15 @@ revoke all on function
   public.claim_devices(uuid, integer),
   public.publish_device_pairing_code(uuid, uuid, bigint, text, timestamptz),
   device_assignment.publish_device_pairing_code(uuid, uuid, bigint, text, timestamptz),
-  device_assignment.pairing_phone_wanted(uuid, uuid)
+  device_assignment.pairing_phone_wanted(uuid, uuid),
+  device_assignment.expire_pairing_requests()
 from public, anon, authenticated;
 grant execute on function
   public.claim_devices(uuid, integer),
   public.publish_device_pairing_code(uuid, uuid, bigint, text, timestamptz),
   device_assignment.publish_device_pairing_code(uuid, uuid, bigint, text, timestamptz),
-  device_assignment.pairing_phone_wanted(uuid, uuid)
+  device_assignment.pairing_phone_wanted(uuid, uuid),
+  device_assignment.expire_pairing_requests()
 to service_role;
 
 -- PostgreSQL grants EXECUTE to PUBLIC on every new function, and a per-schema
