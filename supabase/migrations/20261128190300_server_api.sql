@@ -353,7 +353,10 @@ language plpgsql
 set search_path = ''
 as $$ begin return device_assignment.server_heartbeat(p_server_name, p_current_load, p_max_capacity, p_metadata); end $$;
 
-create or replace function public.claim_devices(p_server_id uuid, p_limit integer default 100)
+-- Dropped first: 20261201170000_pairing_codes.sql adds a result column, and
+-- re-applying this file over it must still work.
+drop function if exists public.claim_devices(uuid, integer);
+create function public.claim_devices(p_server_id uuid, p_limit integer default 100)
 returns table (
   device_id uuid,
   assignment_epoch bigint,

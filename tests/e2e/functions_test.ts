@@ -489,6 +489,66 @@ test("long-poll with since holds the current QR until the wait ends", async () =
   assert.ok(elapsed >= 1900, `answered after ${elapsed} ms, before the wait ended`);
 });
 
+// --- linking by phone number ----------------------------------------------------------------------
+
+test("a pairing code round trip: the user asks, the server publishes, the user's wait ends with it", async () => {
+  const server = await liveServer();
+  const d = await device({ serverId: server.id });
+  const service = await serviceClient();
+
+  // The user asks and long-polls; the number travels formatted and is checked at the edge.
+  const started = Date.now();
+  const answer = (await userClient(d.token)).functions.invoke("get-device-qr", {
+    body: { device_id: d.id, pairing_phone: "+1 415-555-0123", wait: 15 },
+  });
+
+  // A fake backend server: claim until the device comes with a number, then publish a code.
+  let phone: string | null = null;
+  let epoch = 0;
+  for (let i = 0; i < 50 && !phone; i++) {
+    const { data, error } = await service.rpc("claim_devices", { p_server_id: server.id });
+    assert.equal(error, null, JSON.stringify(error));
+    const row = data.find((r: { device_id: string }) => r.device_id === d.id);
+    phone = row?.pairing_phone ?? null;
+    epoch = row?.assignment_epoch ?? 0;
+    if (!phone) await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  assert.equal(phone, "14155550123", "the server gets the number as E.164 digits");
+  const code = `E2E${crypto.randomUUID().slice(0, 5).toUpperCase()}`;
+  const expiresAt = new Date(Date.now() + 120_000).toISOString();
+  const published = await service.rpc("publish_device_pairing_code", {
+    p_device_id: d.id,
+    p_server_id: server.id,
+    p_epoch: epoch,
+    p_code: code,
+    p_expires_at: expiresAt,
+  });
+  assert.equal(published.error, null, JSON.stringify(published.error));
+
+  const { data, error } = await answer;
+  assert.equal(error, null);
+  assert.equal(data.pairing_code.code, code);
+  assert.equal(Date.parse(data.pairing_code.expires_at), Date.parse(expiresAt));
+  assert.ok(Date.now() - started < 10_000, "the wait ended when the code appeared");
+
+  // The server is not asked again while the code is fresh.
+  const again = await service.rpc("claim_devices", { p_server_id: server.id });
+  assert.equal(
+    again.data.find((r: { device_id: string }) => r.device_id === d.id).pairing_phone,
+    null,
+  );
+
+  // A second request within the cooldown: 429 with Retry-After, the contract's body and CORS.
+  const refused = await fn("get-device-qr", {
+    method: "POST",
+    token: d.token,
+    json: { device_id: d.id, pairing_phone: "+14155550123" },
+  });
+  const retryAfter = Number(refused.headers.get("retry-after"));
+  await expectError(refused, 429, "cooldown");
+  assert.ok(retryAfter >= 50 && retryAfter <= 60, `Retry-After ${retryAfter}`);
+});
+
 // --- reassign-device ---------------------------------------------------------------------------
 
 test("a user reassigns their idle device through invoke", async () => {

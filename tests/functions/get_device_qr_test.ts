@@ -220,6 +220,7 @@ Deno.test("json format maps the SQL result to the contract body with a PNG data 
   assert.deepEqual(Object.keys(body).sort(), [
     "device_id",
     "last_error",
+    "pairing_code",
     "qr",
     "reason",
     "reassigned",
@@ -577,3 +578,146 @@ Deno.test("an RPC failure during a wait is answered as that error", async () => 
   assert.equal(response.status, 503);
   assert.equal((await errorBody(response)).code, "database_unavailable");
 });
+
+// --- linking by phone number --------------------------------------------------------
+
+const CODE = { code: "ABCD1234", expires_at: "2026-11-28T19:03:00+00:00" };
+
+function pairingHandler(
+  answerState: (getCallIndex: number) => unknown,
+  options: { clock?: FakeClock } = {},
+) {
+  let reads = 0;
+  return handlerFor((name) => {
+    if (name === "request_pairing_code") {
+      return { device_id: DEVICE_ID, requested_at: "x", expires_at: "y", epoch: 3 };
+    }
+    return answerState(reads++);
+  }, options);
+}
+
+Deno.test("POST {device_id, pairing_phone} asks for a code with the E.164 number, then reads the state", async () => {
+  const { handler, calls } = pairingHandler(() => sqlQrState());
+  const response = await handler(request(URL_BASE, {
+    method: "POST",
+    json: { device_id: DEVICE_ID, pairing_phone: "+1 (415) 555-0123" },
+  }));
+  assert.equal(response.status, 200);
+  assertCommonHeaders(response);
+  assert.deepEqual(calls.map((c) => [c.name, c.args]), [
+    ["request_pairing_code", { p_device_id: DEVICE_ID, p_phone: "+14155550123" }],
+    ["get_device_qr", { p_device_id: DEVICE_ID }],
+  ]);
+  const body = await response.json();
+  assert.equal(body.status, "pending");
+  assert.equal(body.pairing_code, null);
+});
+
+Deno.test("the JSON body carries the pairing code the SQL serves", async () => {
+  const { handler } = handlerFor(() => readyState("2@qr", undefined));
+  const plain = await (await handler(request(`${URL_BASE}?device_id=${DEVICE_ID}`))).json();
+  assert.equal(plain.pairing_code, null);
+  const withCode = handlerFor(() => sqlQrState({ pairing_code: CODE })).handler;
+  const body = await (await withCode(request(`${URL_BASE}?device_id=${DEVICE_ID}`))).json();
+  assert.deepEqual(body.pairing_code, CODE);
+});
+
+Deno.test("a pairing request with wait holds through QR rotations until the code is there", async () => {
+  const clock = new FakeClock();
+  const { handler, calls } = pairingHandler((i) => {
+    const state = readyState(`2@qr-${i}`, `2026-11-28T19:00:0${i}+00:00`);
+    return i < 3 ? state : { ...state, pairing_code: CODE };
+  }, { clock });
+  const body = await (await handler(request(URL_BASE, {
+    method: "POST",
+    json: { device_id: DEVICE_ID, pairing_phone: "+14155550123", wait: 25 },
+  }))).json();
+  assert.deepEqual(body.pairing_code, CODE);
+  assert.equal(calls.filter((c) => c.name === "get_device_qr").length, 4);
+  assert.equal(calls.filter((c) => c.name === "request_pairing_code").length, 1);
+});
+
+Deno.test("a plain long-poll ends when a pairing code appears", async () => {
+  const clock = new FakeClock();
+  const updatedAt = "2026-11-28T19:00:00.123456+00:00";
+  const { handler } = handlerFor(
+    () =>
+      clock.elapsed >= 3000
+        ? { ...readyState("2@same", updatedAt), pairing_code: CODE }
+        : readyState("2@same", updatedAt),
+    { clock },
+  );
+  const since = encodeURIComponent(updatedAt);
+  const body = await (await handler(
+    request(`${URL_BASE}?device_id=${DEVICE_ID}&wait=25&since=${since}`),
+  )).json();
+  assert.deepEqual(body.pairing_code, CODE);
+  assert.ok(clock.elapsed >= 3000 && clock.elapsed < 25_000);
+});
+
+for (
+  const [name, phone] of [
+    ["a number without its country code", "2025550143"],
+    ["a number in no country's valid range", "+1 555 0000"],
+    ["letters", "+1 CALL-NOW"],
+    ["a non-string", 14155550123],
+  ] as const
+) {
+  Deno.test(`pairing_phone as ${name} is 400 invalid_request, before any RPC, not echoed`, async () => {
+    const { handler, calls } = pairingHandler(() => sqlQrState());
+    const response = await handler(request(URL_BASE, {
+      method: "POST",
+      json: { device_id: DEVICE_ID, pairing_phone: phone },
+    }));
+    assert.equal(response.status, 400);
+    assertCommonHeaders(response);
+    const text = await response.text();
+    assert.equal(JSON.parse(text).error.code, "invalid_request");
+    assert.match(JSON.parse(text).error.message, /^pairing_phone: /);
+    assert.equal(text.includes(String(phone)), false, "the number is not echoed");
+    assert.equal(calls.length, 0);
+  });
+}
+
+Deno.test("pairing_phone in the URL is refused, even with a POST", async () => {
+  for (const method of ["GET", "POST"]) {
+    const { handler, calls } = pairingHandler(() => sqlQrState());
+    const response = await handler(request(
+      `${URL_BASE}?device_id=${DEVICE_ID}&pairing_phone=%2B14155550123`,
+      method === "POST" ? { method, json: {} } : { method },
+    ));
+    assert.equal(response.status, 400, method);
+    assert.equal((await errorBody(response)).code, "invalid_request");
+    assert.equal(calls.length, 0);
+  }
+});
+
+for (
+  const [sqlMessage, code, retryAfterMs, seconds] of [
+    ["cooldown", "cooldown", 41_200, "42"],
+    ["rate_limited", "rate_limited", 1_800_000, "1800"],
+  ] as const
+) {
+  Deno.test(`a pairing request refused with ${sqlMessage} is 429 ${code} with Retry-After and CORS`, async () => {
+    const { handler, calls } = handlerFor((name) =>
+      name === "request_pairing_code"
+        ? rpcError(429, {
+          code: "PT429",
+          message: sqlMessage,
+          details: JSON.stringify({ retry_after_ms: retryAfterMs }),
+        })
+        : sqlQrState()
+    );
+    const response = await handler(request(URL_BASE, {
+      method: "POST",
+      json: { device_id: DEVICE_ID, pairing_phone: "+1 415 555 0199" },
+    }));
+    assert.equal(response.status, 429);
+    assertCommonHeaders(response);
+    assert.equal(response.headers.get("retry-after"), seconds);
+    const error = await errorBody(response);
+    assert.equal(error.code, code);
+    assert.deepEqual(error.details, { retry_after_ms: retryAfterMs });
+    assert.deepEqual(calls.map((c) => c.name), ["request_pairing_code"]);
+  });
+}

@@ -24,11 +24,12 @@ import {
 } from "./kit.ts";
 import { writeFigures } from "./figures.ts";
 
-const USER_RPCS = ["get_device_qr", "request_device_reassignment"];
+const USER_RPCS = ["get_device_qr", "request_device_reassignment", "request_pairing_code"];
 const SERVER_RPCS = [
   "server_heartbeat",
   "claim_devices",
   "publish_device_qr",
+  "publish_device_pairing_code",
   "report_device_status",
   "server_shutdown",
 ];
@@ -129,6 +130,7 @@ function wellFormedArgs(w: World, name: string): Record<string, unknown> {
   const args: Record<string, Record<string, unknown>> = {
     get_device_qr: { p_device_id: w.alice.deviceId },
     request_device_reassignment: { p_device_id: w.alice.deviceId },
+    request_pairing_code: { p_device_id: w.alice.deviceId, p_phone: "+14155550123" },
     server_heartbeat: { p_server_name: tagged, p_current_load: 0, p_max_capacity: 10 },
     claim_devices: { p_server_id: w.server.id, p_limit: 100 },
     publish_device_qr: {
@@ -136,6 +138,13 @@ function wellFormedArgs(w: World, name: string): Record<string, unknown> {
       p_server_id: w.server.id,
       p_epoch: 7,
       p_qr: "stolen",
+      p_expires_at: new Date(Date.now() + 60_000).toISOString(),
+    },
+    publish_device_pairing_code: {
+      p_device_id: w.alice.deviceId,
+      p_server_id: w.server.id,
+      p_epoch: 7,
+      p_code: "STOLEN12",
       p_expires_at: new Date(Date.now() + 60_000).toISOString(),
     },
     report_device_status: {

@@ -16,6 +16,7 @@ export const ERROR_STATUS = {
   already_connected: 409,
   payload_too_large: 413,
   cooldown: 429,
+  rate_limited: 429,
   no_active_servers: 503,
   database_unavailable: 503,
   // Not the caller's fault: the function itself is misconfigured or hit a bug.
@@ -29,6 +30,7 @@ export type ErrorCode = keyof typeof ERROR_STATUS;
 /** Seconds a client should wait before retrying, per code, when the cause gives no better value. */
 const DEFAULT_RETRY_AFTER_SECONDS: Partial<Record<ErrorCode, number>> = {
   cooldown: 5,
+  rate_limited: 60,
   no_active_servers: 5,
   database_unavailable: 5,
 };

@@ -69,7 +69,11 @@ const SQL_REFUSALS: Record<string, { code: ErrorCode; message: string }> = {
   },
   cooldown: {
     code: "cooldown",
-    message: "The device was reassigned moments ago; retry after the Retry-After delay.",
+    message: "Asked for this device moments ago; retry after the Retry-After delay.",
+  },
+  rate_limited: {
+    code: "rate_limited",
+    message: "Too many pairing-code requests this hour; retry after the Retry-After delay.",
   },
   no_active_servers: {
     code: "no_active_servers",

@@ -3,7 +3,8 @@
  * The SQL function `get_device_qr` decides everything (fresh or not, stale or
  * orphaned, reassign now or not); this handler validates, authorizes, makes
  * that one call, and renders the answer. With `wait`, it repeats the call
- * until the answer changes.
+ * until the answer changes. A POST with `pairing_phone` first asks for a
+ * pairing code (`request_pairing_code`), then answers the same way.
  */
 import { z } from "zod";
 import type { Authenticate } from "../_shared/auth.ts";
@@ -23,6 +24,7 @@ import type { QrImages } from "../_shared/qr.ts";
 import type { Rpc } from "../_shared/rpc.ts";
 import { validate } from "../_shared/validate.ts";
 import { pollUntilChanged } from "./long-poll.ts";
+import { PairingPhone } from "./phone.ts";
 
 export const MAX_WAIT_SECONDS = 25;
 const METHODS = ["GET", "POST"] as const;
@@ -40,6 +42,8 @@ export const QrRequest = z.object({
   ),
   wait: waitSeconds.default(0),
   since: z.iso.datetime({ offset: true, error: "since must be an ISO 8601 time" }).nullish(),
+  /** Asks for a pairing code for this number (POST body only), then answers as usual. */
+  pairing_phone: PairingPhone.optional(),
 });
 export type QrRequest = z.infer<typeof QrRequest>;
 
@@ -69,6 +73,7 @@ const SqlQrState = z.object({
   reassigned: z.boolean().nullish(),
   retry_after_ms: z.number().nullish(),
   last_error: z.string().nullish(),
+  pairing_code: z.object({ code: z.string(), expires_at: z.string() }).nullish(),
 });
 type SqlQrState = z.infer<typeof SqlQrState>;
 
@@ -106,14 +111,23 @@ export function createGetDeviceQrHandler(
       rejectDeclaredOversize(request);
       const caller = await deps.authenticate(request);
       const input = validate(QrRequest, await rawInput(request));
+      if (input.pairing_phone) {
+        await caller.rpc("request_pairing_code", {
+          p_device_id: input.device_id,
+          p_phone: input.pairing_phone,
+        }, request.signal);
+      }
 
       const check = () => readState(caller.rpc, input.device_id, request.signal);
       const first = await check();
+      // A request for a code waits for the code; any other call for what the client lacks.
       const { state } = await pollUntilChanged({
         check,
         first,
-        answerNow: (s) => !WAITABLE.has(s.status) || isNewToClient(s, input.since),
-        key: stateKey,
+        answerNow: input.pairing_phone
+          ? (s) => !WAITABLE.has(s.status) || s.pairing_code != null
+          : (s) => !WAITABLE.has(s.status) || isNewToClient(s, input.since),
+        key: input.pairing_phone ? pairingKey : stateKey,
         waitMs: input.wait * 1000,
         clock,
         signal: request.signal,
@@ -144,8 +158,19 @@ function isNewToClient(state: SqlQrState, since: string | null | undefined): boo
   return instant(state.qr.updated_at) !== instant(since);
 }
 
+/** A new QR, a new status or a new pairing code ends a wait. */
 function stateKey(state: SqlQrState): string {
-  return JSON.stringify([state.status, state.qr?.value ?? null, instant(state.qr?.updated_at)]);
+  return JSON.stringify([
+    state.status,
+    state.qr?.value ?? null,
+    instant(state.qr?.updated_at),
+    state.pairing_code?.code ?? null,
+  ]);
+}
+
+/** While waiting for a pairing code, QR rotations do not end the wait. */
+function pairingKey(state: SqlQrState): string {
+  return JSON.stringify([WAITABLE.has(state.status), state.pairing_code?.code ?? null]);
 }
 
 /** Compares times as instants: `+00:00` and `Z`, or extra digits, name the same moment. */
@@ -198,12 +223,22 @@ async function qrBody(images: QrImages, state: SqlQrState) {
     reassigned: state.reassigned ?? false,
     retry_after_ms: state.retry_after_ms ?? null,
     last_error: state.last_error ?? null,
+    pairing_code: state.pairing_code ?? null,
   };
 }
 
-/** GET reads the query string; POST reads the JSON body, over any query parameters. */
+/**
+ * GET reads the query string; POST reads the JSON body, over any query parameters.
+ * A phone number never travels in a URL, which proxies and gateways log.
+ */
 async function rawInput(request: Request): Promise<Record<string, unknown>> {
   const query: Record<string, unknown> = Object.fromEntries(new URL(request.url).searchParams);
+  if ("pairing_phone" in query) {
+    throw new ApiError(
+      "invalid_request",
+      "pairing_phone: send it in a POST body, never in the URL",
+    );
+  }
   if (request.method === "GET") return query;
   return { ...query, ...(await readJsonBody(request)) };
 }

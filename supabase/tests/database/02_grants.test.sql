@@ -11,22 +11,23 @@ where n.nspname = 'public'
   and p.proname in ('get_device_qr', 'request_device_reassignment', 'server_heartbeat',
     'claim_devices', 'publish_device_qr', 'report_device_status', 'server_shutdown',
     'reassign_devices', 'run_assignment_maintenance', 'assignment_health',
-    'device_session_write', 'device_session_read');
+    'device_session_write', 'device_session_read', 'request_pairing_code',
+    'publish_device_pairing_code');
 
-select is((select count(*)::int from api_functions), 12, 'the twelve API functions exist in public');
+select is((select count(*)::int from api_functions), 14, 'the fourteen API functions exist in public');
 select is(
   (select count(*)::int from api_functions where has_function_privilege('anon', oid, 'execute')),
   0, 'anon executes none of them');
 select is(
   (select array_agg(proname::text order by proname) from api_functions
     where has_function_privilege('authenticated', oid, 'execute')),
-  array['get_device_qr', 'request_device_reassignment'],
+  array['get_device_qr', 'request_device_reassignment', 'request_pairing_code'],
   'authenticated executes only the user API');
 select is(
   (select array_agg(proname::text order by proname) from api_functions
     where has_function_privilege('service_role', oid, 'execute')),
   array['assignment_health', 'claim_devices', 'device_session_read', 'device_session_write',
-        'publish_device_qr', 'reassign_devices', 'report_device_status', 'run_assignment_maintenance',
+        'publish_device_pairing_code', 'publish_device_qr', 'reassign_devices', 'report_device_status', 'run_assignment_maintenance',
         'server_heartbeat', 'server_shutdown'],
   'service_role executes the server and operator API');
 select is(
@@ -48,7 +49,7 @@ select is(
   (select array_agg(p.proname::text order by p.proname) from pg_proc p
      join pg_namespace n on n.oid = p.pronamespace
     where n.nspname = 'device_assignment' and has_function_privilege('authenticated', p.oid, 'execute')),
-  array['get_device_qr', 'request_device_reassignment'],
+  array['get_device_qr', 'request_device_reassignment', 'request_pairing_code'],
   'authenticated executes only the user entry points of the internals');
 
 set local role anon;

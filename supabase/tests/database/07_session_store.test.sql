@@ -184,7 +184,7 @@ set local role authenticated;
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000003') - 'device_id' - 'epoch'
             - 'last_error' - 'server' - 'qr',
   '{"status": "reconnecting", "device_status": "reconnecting", "reason": "no_active_servers",
-    "reassigned": false, "retry_after_ms": 5000}'::jsonb,
+    "reassigned": false, "retry_after_ms": 5000, "pairing_code": null}'::jsonb,
   'get-device-qr says why, and when to ask again');
 reset role;
 
