@@ -135,6 +135,14 @@ try {
     `${(size.row_bytes / 1024).toFixed(0)} KiB of rows (pg_column_size, before index and TOAST)`,
   ]);
 
+  const perType = await db<{ type: string; rows: number; mean: number }[]>`
+    select type, count(*)::int as rows, round(avg(octet_length(value)))::int as mean
+    from device_assignment.device_sessions where device_id = ${deviceId}
+    group by type order by type`;
+  for (const { type, rows: n, mean } of perType) {
+    rows.push([`  ${type}`, `${n} rows, ${mean} bytes stored per value`]);
+  }
+
   const width = Math.max(...rows.map(([label]) => label.length));
   console.log(`Session store cost (Baileys ${INITIAL_PREKEY_COUNT} initial pre-keys, AES-256-GCM)`);
   for (const [label, value] of rows) console.log(`  ${label.padEnd(width)}  ${value}`);
