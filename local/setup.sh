@@ -49,13 +49,30 @@ if [ "$have" != "$want" ]; then
   exit 1
 fi
 
+# The backend package has its own lock file (it is published on its own). Node
+# runs its dist/ (built here, git-ignored); Deno imports its src/ directly.
+PKG="$ROOT/packages/backend"
+if [ ! -x "$PKG/node_modules/.bin/tsc" ] \
+   || [ "$PKG/package-lock.json" -nt "$PKG/node_modules/.package-lock.json" ]; then
+  log "installing the backend package's dependencies (npm ci in packages/backend)"
+  (cd "$PKG" && npm ci --no-audit --no-fund >/dev/null 2>&1) || (cd "$PKG" && npm ci --no-audit --no-fund)
+fi
+if [ ! -f "$PKG/dist/.built" ] || [ -n "$(find "$PKG/src" "$PKG/package.json" "$PKG/tsconfig.json" \
+     "$PKG/node_modules/.package-lock.json" -newer "$PKG/dist/.built" -print -quit)" ]; then
+  log "building packages/backend/dist"
+  # From scratch, so a source file removed leaves no module behind.
+  (cd "$PKG" && rm -rf dist && node_modules/.bin/tsc -p tsconfig.json && touch dist/.built)
+fi
+
 # Every module graph, downloaded now, so nothing downloads later: function
 # processes may not (--cached-only), and a test must never pass only because
 # the cache was warm. First what the tooling runs, with the root deno.json
 # (the fixture functions are served, never imported, and stay out)...
 log "caching the Deno dependencies of the tooling and of every function"
-mapfile -t tooling < <(cd "$ROOT" && find local bench cli worker tests \
+mapfile -t tooling < <(cd "$ROOT" && find local bench cli worker tests packages/backend \
   -path tests/gateway/fixtures -prune -o -path local/edge-runtime -prune -o -path bench/results -prune -o \
+  -path packages/backend/node_modules -prune -o -path packages/backend/dist -prune -o \
+  -path packages/backend/dist-test -prune -o \
   -type f \( -name '*.ts' -o -name '*.mts' \) -print | sort)
 (cd "$ROOT" && node_modules/.bin/deno cache --quiet --config deno.json "${tooling[@]}")
 # ...then each function's graph, with its own deno.json and the edge runtime's Deno.

@@ -85,6 +85,19 @@ deno_suite() { # deno_suite <name> <deno test args...>
   record "$name" "$p" "$f"
 }
 
+node_suite() { # node_suite <name> <node --test args...>: counts the TAP summary
+  local name="$1"; shift
+  local logfile="$RESULTS/$(echo "$name" | tr ' /()' '____').log"
+  node --test --test-reporter=tap "$@" >"$logfile" 2>&1
+  local rc=$? p f
+  p=$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$logfile" | tail -1)
+  f=$(sed -n 's/^# fail \([0-9]*\)$/\1/p' "$logfile" | tail -1)
+  p=${p:-0}; f=${f:-0}
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+  if [ "$rc" -ne 0 ]; then grep -E -A12 '^not ok' "$logfile" | head -80; tail -20 "$logfile"; fi
+  record "$name" "$p" "$f"
+}
+
 # Every process this run starts carries the run's id in its environment, so the
 # exit trap finds what a suite left behind (a demo, a worker, a function) and
 # .ci/run can check that nothing survived. Function processes get a cleared
@@ -143,6 +156,16 @@ gate "deno lint" deno lint
 gate "deno check (functions, local stack, bench, cli, worker)" \
   deno check supabase/functions/ local/ bench/ cli/ worker/
 deno_suite "deno tests" -A --no-check=remote --ignore=tests/e2e tests/
+# The backend package as a backend runs it, against this stack (GATEWAY_ENV_FILE): Deno imports
+# its src/, Node the dist/ setup built (the tests import "@device-qr/backend"). Node 20 has no
+# global WebSocket, which supabase-js 2.119 requires: --experimental-websocket gives it one.
+deno_suite "backend package on Deno" -A --no-check=remote packages/backend/test/
+if (cd packages/backend && rm -rf dist-test && node_modules/.bin/tsc -p tsconfig.test.json) \
+     >"$RESULTS/backend_package_build.log" 2>&1; then
+  node_suite "backend package on Node" --experimental-websocket packages/backend/dist-test/
+else
+  tail -40 "$RESULTS/backend_package_build.log"; record "backend package on Node" 0 1
+fi
 # The end-to-end suite against each kind of hosted project (local/gateway/keys.ts):
 # the gateway restarts as that kind; the harness reads the keys its .env.local names.
 for kind in signing legacy both; do

@@ -37,4 +37,13 @@ export class FaultyBackend implements BackendApi {
   shutdown(...args: Parameters<BackendApi["shutdown"]>) {
     return this.inner.shutdown(...args);
   }
+
+  // Like publishQr: a partitioned server's late writes still arrive, for the fence to refuse.
+  writeSession(...args: Parameters<BackendApi["writeSession"]>) {
+    return this.inner.writeSession(...args);
+  }
+
+  readSession(...args: Parameters<BackendApi["readSession"]>) {
+    return this.inner.readSession(...args);
+  }
 }

@@ -9,6 +9,7 @@ import {
   type DeviceStatus,
   type Heartbeat,
   type HeartbeatInput,
+  type SessionEntry,
 } from "../../packages/backend/src/api.ts";
 import type { Clock } from "../../packages/backend/src/clock.ts";
 
@@ -46,6 +47,8 @@ export class FakeDatabase implements BackendApi {
   /** When set, heartbeats wait for this before answering. */
   heartbeatDelay: Promise<void> | null = null;
   published: { deviceId: string; epoch: number; qr: string; expiresAt: Date }[] = [];
+  /** The session store: device id → "type\u0000id" → value. */
+  sessions = new Map<string, Map<string, string>>();
 
   addDevice(id: string, owner: string | null = null): FakeDevice {
     const device: FakeDevice = {
@@ -152,7 +155,56 @@ export class FakeDatabase implements BackendApi {
     device.status = write.status === "logged_out" ? "disconnected" : write.status;
     device.lastError = write.status === "logged_out" ? "logged_out" : null;
     if (write.status !== "connecting") device.qr = null;
+    // Like the SQL: a logged-out session is deleted, WhatsApp will not take it back.
+    if (write.status === "logged_out") this.sessions.delete(write.deviceId);
     return Promise.resolve();
+  }
+
+  /** Like fenced_session_holder: the current holder, while the device has a session to write. */
+  #sessionOf(write: { deviceId: string; serverId: string; epoch: number }): Map<string, string> {
+    const device = this.#fence(write.deviceId, write.serverId, write.epoch);
+    if (!["connecting", "connected", "reconnecting"].includes(device.status)) {
+      throw new BackendError("fenced", "fenced", 409);
+    }
+    let session = this.sessions.get(device.id);
+    if (!session) this.sessions.set(device.id, session = new Map());
+    return session;
+  }
+
+  writeSession(
+    write: { deviceId: string; serverId: string; epoch: number },
+    entries: SessionEntry[],
+  ): Promise<{ written: number; deleted: number }> {
+    this.calls.push("device_session_write");
+    const session = this.#sessionOf(write);
+    // One batch is atomic and the last entry for a (type, id) wins, as in SQL.
+    const batch = new Map(entries.map((e) => [`${e.type}\u0000${e.id}`, e.value]));
+    let written = 0;
+    let deleted = 0;
+    for (const [key, value] of batch) {
+      if (value === null) {
+        if (session.delete(key)) deleted++;
+      } else {
+        session.set(key, value);
+        written++;
+      }
+    }
+    return Promise.resolve({ written, deleted });
+  }
+
+  readSession(
+    write: { deviceId: string; serverId: string; epoch: number },
+    type: string,
+    ids: string[] | null,
+  ): Promise<Record<string, string>> {
+    this.calls.push("device_session_read");
+    const session = this.#sessionOf(write);
+    const found: Record<string, string> = {};
+    for (const [key, value] of session) {
+      const [entryType, id] = key.split("\u0000");
+      if (entryType === type && (ids === null || ids.includes(id))) found[id] = value;
+    }
+    return Promise.resolve(found);
   }
 
   shutdown(serverId: string): Promise<{ released: number; reassigned: number }> {

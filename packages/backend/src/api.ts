@@ -47,12 +47,36 @@ export type DeviceStatus =
   | "error"
   | "logged_out";
 
+/**
+ * One entry of a device's stored session: `(type, id) → value`. The value is
+ * opaque to the database (the backend encrypts it); null deletes the entry.
+ */
+export interface SessionEntry {
+  type: string;
+  id: string;
+  value: string | null;
+}
+
 export interface BackendApi {
   heartbeat(input: HeartbeatInput): Promise<Heartbeat>;
   claimDevices(serverId: string, limit: number): Promise<AssignedDevice[]>;
   publishQr(write: FencedWrite & { qr: string; expiresAt: Date }): Promise<void>;
   reportStatus(write: FencedWrite & { status: DeviceStatus; error?: string }): Promise<void>;
   shutdown(serverId: string): Promise<{ released: number; reassigned: number }>;
+  /** Writes one batch of session entries atomically (`device_session_write`), fenced. */
+  writeSession(
+    write: FencedWrite,
+    entries: SessionEntry[],
+  ): Promise<{ written: number; deleted: number }>;
+  /**
+   * `{id: value}` for the entries of `type` among `ids` that exist
+   * (`device_session_read`), fenced; `ids` null reads every entry of the type.
+   */
+  readSession(
+    write: FencedWrite,
+    type: string,
+    ids: string[] | null,
+  ): Promise<Record<string, string>>;
 }
 
 /**
@@ -177,6 +201,25 @@ export function supabaseBackend(client: SupabaseClient, requestTimeoutMs = 5_000
         p_server_id: serverId,
       });
       return { released: Number(data.released), reassigned: Number(data.reassigned) };
+    },
+    async writeSession(write, entries) {
+      const data = await call<{ written: number; deleted: number }>("device_session_write", {
+        p_device_id: write.deviceId,
+        p_server_id: write.serverId,
+        p_epoch: write.epoch,
+        p_entries: entries,
+      });
+      return { written: Number(data.written), deleted: Number(data.deleted) };
+    },
+    async readSession(write, type, ids) {
+      const data = await call<Record<string, string> | null>("device_session_read", {
+        p_device_id: write.deviceId,
+        p_server_id: write.serverId,
+        p_epoch: write.epoch,
+        p_type: type,
+        p_ids: ids,
+      });
+      return data ?? {};
     },
   };
 }
