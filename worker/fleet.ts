@@ -27,7 +27,7 @@ export interface FleetOptions {
   maxEvents?: number;
 }
 
-/** A worker event (see WorkerEvent in worker.ts) or a fleet one, stamped. */
+/** A worker event (BackendClientEvent, packages/backend/src/client.ts) or a fleet one, stamped. */
 export interface FleetEvent {
   seq: number;
   ts: number;

@@ -11,6 +11,7 @@ import {
   type HeartbeatInput,
 } from "../../packages/backend/src/api.ts";
 import type { Clock } from "../../packages/backend/src/clock.ts";
+import type { SessionEntry, SessionStore } from "../../worker/session_store.ts";
 
 export class FakeClock implements Clock {
   constructor(public time = Date.UTC(2026, 0, 1)) {}
@@ -37,7 +38,7 @@ export interface FakeDevice {
   qrExpiresAt: Date | null;
 }
 
-export class FakeDatabase implements BackendApi {
+export class FakeDatabase implements BackendApi, SessionStore {
   heartbeatTimeoutMs = 10_000;
   devices = new Map<string, FakeDevice>();
   calls: string[] = [];
@@ -45,7 +46,14 @@ export class FakeDatabase implements BackendApi {
   heartbeatFailure: BackendError | null = null;
   /** When set, heartbeats wait for this before answering. */
   heartbeatDelay: Promise<void> | null = null;
-  published: { deviceId: string; epoch: number; qr: string; expiresAt: Date }[] = [];
+  published: {
+    deviceId: string;
+    epoch: number;
+    qr: string;
+    expiresAt: Date;
+  }[] = [];
+  /** The session store: device id → "type/id" → value. */
+  sessions = new Map<string, Map<string, string>>();
 
   addDevice(id: string, owner: string | null = null): FakeDevice {
     const device: FakeDevice = {
@@ -91,7 +99,9 @@ export class FakeDatabase implements BackendApi {
     this.claimLimits.push(limit);
     const rows: AssignedDevice[] = [];
     for (const device of this.devices.values()) {
-      if (device.status !== "reconnecting" || device.owner !== serverId) continue;
+      if (device.status !== "reconnecting" || device.owner !== serverId) {
+        continue;
+      }
       if (rows.length < limit) {
         rows.push({
           deviceId: device.id,
@@ -105,7 +115,12 @@ export class FakeDatabase implements BackendApi {
     for (const device of this.devices.values()) {
       if (device.status !== "connecting" || device.owner !== serverId) continue;
       if (rows.length < limit) {
-        rows.push({ deviceId: device.id, epoch: device.epoch, deviceName: null, claimed: false });
+        rows.push({
+          deviceId: device.id,
+          epoch: device.epoch,
+          deviceName: null,
+          claimed: false,
+        });
       }
     }
     for (const device of this.devices.values()) {
@@ -114,7 +129,12 @@ export class FakeDatabase implements BackendApi {
       if (device.owner === null) {
         device.owner = serverId;
         device.epoch += 1;
-        rows.push({ deviceId: device.id, epoch: device.epoch, deviceName: null, claimed: true });
+        rows.push({
+          deviceId: device.id,
+          epoch: device.epoch,
+          deviceName: null,
+          claimed: true,
+        });
       }
     }
     return Promise.resolve(rows);
@@ -130,7 +150,13 @@ export class FakeDatabase implements BackendApi {
   }
 
   publishQr(
-    write: { deviceId: string; serverId: string; epoch: number; qr: string; expiresAt: Date },
+    write: {
+      deviceId: string;
+      serverId: string;
+      epoch: number;
+      qr: string;
+      expiresAt: Date;
+    },
   ): Promise<void> {
     this.calls.push("publish_device_qr");
     const device = this.#fence(write.deviceId, write.serverId, write.epoch);
@@ -144,7 +170,12 @@ export class FakeDatabase implements BackendApi {
   }
 
   reportStatus(
-    write: { deviceId: string; serverId: string; epoch: number; status: DeviceStatus },
+    write: {
+      deviceId: string;
+      serverId: string;
+      epoch: number;
+      status: DeviceStatus;
+    },
   ): Promise<void> {
     this.calls.push(`report_device_status:${write.status}`);
     const device = this.#fence(write.deviceId, write.serverId, write.epoch);
@@ -152,10 +183,66 @@ export class FakeDatabase implements BackendApi {
     device.status = write.status === "logged_out" ? "disconnected" : write.status;
     device.lastError = write.status === "logged_out" ? "logged_out" : null;
     if (write.status !== "connecting") device.qr = null;
+    if (write.status === "logged_out") this.sessions.delete(write.deviceId);
     return Promise.resolve();
   }
 
-  shutdown(serverId: string): Promise<{ released: number; reassigned: number }> {
+  /** Like the SQL: only the holder at the current epoch, only while the device is linked or being linked. */
+  #fenceSession(
+    write: { deviceId: string; serverId: string; epoch: number },
+  ): void {
+    const device = this.#fence(write.deviceId, write.serverId, write.epoch);
+    if (!["connecting", "connected", "reconnecting"].includes(device.status)) {
+      throw new BackendError("fenced", "fenced", 409);
+    }
+  }
+
+  write(
+    write: { deviceId: string; serverId: string; epoch: number },
+    entries: SessionEntry[],
+  ): Promise<void> {
+    this.calls.push("device_session_write");
+    this.#fenceSession(write);
+    const session = this.sessions.get(write.deviceId) ??
+      new Map<string, string>();
+    for (const entry of entries) {
+      if (entry.value === null) session.delete(`${entry.type}/${entry.id}`);
+      else session.set(`${entry.type}/${entry.id}`, entry.value);
+    }
+    this.sessions.set(write.deviceId, session);
+    return Promise.resolve();
+  }
+
+  read(
+    write: { deviceId: string; serverId: string; epoch: number },
+    type: string,
+    ids: string[] | null,
+  ): Promise<Record<string, string>> {
+    this.calls.push("device_session_read");
+    this.#fenceSession(write);
+    const found: Record<string, string> = {};
+    for (const [key, value] of this.sessions.get(write.deviceId) ?? []) {
+      const [entryType, id] = [
+        key.slice(0, key.indexOf("/")),
+        key.slice(key.indexOf("/") + 1),
+      ];
+      if (entryType === type && (ids === null || ids.includes(id))) {
+        found[id] = value;
+      }
+    }
+    return Promise.resolve(found);
+  }
+
+  /** What the failover rule does to a linked device whose server died. */
+  failOver(id: string, to: string): void {
+    const device = this.devices.get(id)!;
+    this.reassign(id, to);
+    device.status = this.sessions.get(id)?.has("creds/creds") ? "reconnecting" : "connecting";
+  }
+
+  shutdown(
+    serverId: string,
+  ): Promise<{ released: number; reassigned: number }> {
     this.calls.push("server_shutdown");
     let released = 0;
     for (const device of this.devices.values()) {
