@@ -7,7 +7,7 @@
  *
  * Environment: WORKER_NAME, WORKER_MAX_CAPACITY, WORKER_CLAIM_BATCH, WORKER_POLL_MS,
  * WORKER_HEARTBEAT_MS, WORKER_LEASE_FRACTION, QR_FIRST_TTL_MS, QR_ROTATION_MS,
- * QR_MAX, QR_GENERATION_MS, RESUME_MS.
+ * QR_MAX, QR_GENERATION_MS, WORKER_RESUME_MS.
  *
  * stdin, one command a line: `scan <device_id>`, `partition` (heartbeats and
  * claims cut, self-fencing suspended: a server that believes it is still live),
@@ -59,7 +59,7 @@ const whatsapp = new SimulatedWhatsApp(
       qrGenerationMs: numberEnv("QR_GENERATION_MS") ??
         WHATSAPP_PAIRING.qrGenerationMs,
     },
-    resumeMs: numberEnv("RESUME_MS") ?? DEFAULT_SIMULATOR_CONFIG.resumeMs,
+    resumeMs: numberEnv("WORKER_RESUME_MS") ?? DEFAULT_SIMULATOR_CONFIG.resumeMs,
   },
   undefined,
   emit,

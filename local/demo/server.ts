@@ -11,8 +11,9 @@
  * WORKER_* / QR_* timings.
  */
 import { createClient } from "@supabase/supabase-js";
-import { Fleet, fleetControl, workerEnv } from "../../worker/fleet.ts";
-import { stackEnv } from "../../worker/env.ts";
+import { Fleet } from "../../worker/fleet.ts";
+import { fleetControl } from "../../worker/fleet_control.ts";
+import { stackEnv, workerEnv } from "../../worker/env.ts";
 import { mintDemoToken } from "./token.ts";
 import {
   DEMO_DEVICES,

@@ -4,7 +4,8 @@
  * still obey their controls.
  */
 import assert from "node:assert/strict";
-import { Fleet, fleetControl } from "../../worker/fleet.ts";
+import { Fleet } from "../../worker/fleet.ts";
+import { fleetControl } from "../../worker/fleet_control.ts";
 
 function call(
   fleet: Fleet,

@@ -201,7 +201,7 @@ Deno.test({
       heartbeatTimeoutS: 3,
       workers: 3,
       devices: 6,
-      workerEnv: { QR_GENERATION_MS: "100", RESUME_MS: "200" },
+      workerEnv: { QR_GENERATION_MS: "100", WORKER_RESUME_MS: "200" },
     }, async ({ fleet, deviceIds, serverIds }) => {
       await firstQrs(fleet, deviceIds, 20_000);
       const linkedBy = new Map<string, string>();
