@@ -72,7 +72,9 @@ export async function startDemoServer(options: DemoServerOptions) {
 
   await Deno.mkdir(options.logDir, { recursive: true });
   const fleet = new Fleet({
-    env: workerEnv(),
+    // A resumed session takes about as long as Baileys' reconnect (~2 s), so the
+    // page shows the card `reconnecting` before it is `connected` again.
+    env: { WORKER_RESUME_MS: "2000", ...workerEnv() },
     prefix: "demo-server",
     stderrLog: `${options.logDir}/workers.log`,
   });
