@@ -7,6 +7,7 @@ import { barChart, logLogChart } from "./lib/chart.ts";
 import type { MemoryReport, MemoryRun } from "./memory.ts";
 import { fmt, type Summary } from "./lib/stats.ts";
 import type { CostCell, Endpoint, RequestCostReport } from "./request_cost.ts";
+import type { SessionFailoverReport } from "./session_failover.ts";
 import type { Plan, ScaleReport } from "./sql_scale.ts";
 
 export interface Environment {
@@ -31,6 +32,7 @@ export interface BenchResults {
   requestCost: RequestCostReport | null;
   sqlScale: ScaleReport | null;
   failover: FailoverReport | null;
+  sessionFailover: SessionFailoverReport | null;
   memory: MemoryReport | null;
 }
 
@@ -451,6 +453,27 @@ function failoverSection(f: FailoverReport, verdicts: Verdict[]): string {
   return lines.join("\n");
 }
 
+function sessionFailoverSection(f: SessionFailoverReport, verdicts: Verdict[]): string {
+  const lines = [
+    `Settings during the run: heartbeat_timeout ${f.heartbeatTimeoutS} s, worker poll ${
+      f.pollMs / 1000
+    } s, simulated resume handshake ${f.resumeMs} ms. Time is from the SIGKILL of the server holding K linked devices to the moment each is \`connected\` again on a live server; a device needed a QR when it was shown one after the kill or lost its stored session.`,
+    "",
+    "| K devices | p50 s | p99 s | max s | connected | needed a QR | runs |",
+    "|---:|---:|---:|---:|---:|---:|---:|",
+  ];
+  for (const row of f.rows) {
+    lines.push(
+      `| ${row.k} | ${fmt(row.p50)} | ${fmt(row.p99)} | ${
+        fmt(row.max)
+      } | ${row.connected}/${row.total} | ${row.neededQr} | ${row.runs} |`,
+    );
+  }
+  lines.push("", f.notes.join("\n"));
+  for (const v of f.verdicts) verdicts.push(v);
+  return lines.join("\n");
+}
+
 export function renderReport(
   results: BenchResults,
 ): { markdown: string; charts: Record<string, string> } {
@@ -481,6 +504,12 @@ export function renderReport(
     sections.push("## 2. Failover\n", failoverSection(results.failover, verdicts));
   } else {
     sections.push("## 2. Failover\n", "Not run in this mode.");
+  }
+  if (results.sessionFailover) {
+    sections.push(
+      "\n## 2b. Session failover (linked devices)\n",
+      sessionFailoverSection(results.sessionFailover, verdicts),
+    );
   }
   if (results.sqlScale) {
     sections.push(

@@ -11,7 +11,8 @@
  *                                      get-device-qr restarting or over the
  *                                      hosted memory cap), never on a speed figure
  *
- * Options: --only=sql,cost,failover,memory (sections to run), --out=<dir>.
+ * Options: --only=sql,cost,failover,session,memory (sections to run; the quick
+ * run leaves out session unless named), --out=<dir>.
  *
  * Needs the local database (local/db.sh start); it works only in databases of
  * its own (bench_scale, bench_http, bench_failover), dropped at the end, and
@@ -23,12 +24,15 @@ import { connect, databaseUrl, dropAbandonedBenchDatabases, REPO } from "./lib/p
 import { type BenchResults, type Environment, renderReport } from "./report.ts";
 import { memoryProblems, runMemory } from "./memory.ts";
 import { runRequestCost } from "./request_cost.ts";
+import { runSessionFailover } from "./session_failover.ts";
 import { runSqlScale } from "./sql_scale.ts";
 
 const args = new Set(Deno.args);
 const quick = args.has("--quick");
 const only = Deno.args.find((a) => a.startsWith("--only="))?.slice(7).split(",") ??
-  ["sql", "cost", "failover", "memory"];
+  (quick
+    ? ["sql", "cost", "failover", "memory"]
+    : ["sql", "cost", "failover", "session", "memory"]);
 const outDir = Deno.args.find((a) => a.startsWith("--out="))?.slice(6) ??
   (quick ? `${REPO}/test-results/bench` : `${REPO}/bench/results`);
 const started = performance.now();
@@ -83,6 +87,7 @@ const results: BenchResults = {
   requestCost: null,
   sqlScale: null,
   failover: null,
+  sessionFailover: null,
   memory: null,
 };
 
@@ -110,6 +115,13 @@ if (only.includes("failover")) {
     ? { sizes: [10], paths: ["polling"], runs: 1, log }
     : { sizes: [10, 100, 1000], paths: ["polling", "maintenance"], runs: 3, log };
   results.failover = await runFailover(options);
+}
+if (only.includes("session")) {
+  results.sessionFailover = await runSessionFailover({
+    sizes: quick ? [10] : [100, 1000],
+    runs: quick ? 1 : 2,
+    log,
+  });
 }
 if (only.includes("memory")) {
   results.memory = await runMemory({
@@ -168,6 +180,14 @@ for (const r of results.sqlScale?.results ?? []) {
 for (const row of results.failover?.rows ?? []) {
   if (row.path === "polling" && row.recovered < row.total) {
     problems.push(`failover K=${row.k}: ${row.total - row.recovered} devices never recovered`);
+  }
+}
+for (const row of results.sessionFailover?.rows ?? []) {
+  if (row.connected < row.total) {
+    problems.push(`session failover K=${row.k}: ${row.total - row.connected} never connected`);
+  }
+  if (row.neededQr > 0) {
+    problems.push(`session failover K=${row.k}: ${row.neededQr} devices needed a QR`);
   }
 }
 if (problems.length > 0) {

@@ -50,3 +50,20 @@ export function readEnvFile(path: URL): Record<string, string> {
   }
   return vars;
 }
+
+/** Environment for workers from the stack's env, plus WORKER_* / QR_* overrides of this process. */
+export function workerEnv(): Record<string, string> {
+  const stack = stackEnv();
+  const env: Record<string, string> = {
+    SUPABASE_URL: stack.url,
+    SUPABASE_SECRET_KEY: stack.secretKey,
+    PATH: Deno.env.get("PATH") ?? "",
+    HOME: Deno.env.get("HOME") ?? "",
+  };
+  for (const [key, value] of Object.entries(Deno.env.toObject())) {
+    if (key.startsWith("WORKER_") || key.startsWith("QR_") || key.startsWith("DENO_")) {
+      env[key] = value;
+    }
+  }
+  return env;
+}

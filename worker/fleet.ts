@@ -1,19 +1,13 @@
 /**
- * Fleet simulator: N reference workers, each its own process (worker/main.ts),
- * controllable while they run. Used by `make dev`, the fleet tests, the
- * reliability suite and the benchmarks.
+ * Fleet simulator, the supervisor: N simulated backend servers, each its own
+ * process (worker/main.ts), controllable while they run. Used by `make dev`,
+ * the fleet tests, the reliability suite and the benchmarks.
  *
- * As a library: `new Fleet({...}).start(3)`, then `kill`, `partition`, `heal`,
- * `restart`, `add`, `scan`, and `events` / `waitFor` to observe the workers.
- *
- * As a program:
- *   deno run -A worker/fleet.ts [--workers 3] [--prefix sim] [--control-port 54330]
- * with a loopback HTTP control API (see `fleetControl`) and the same verbs on
- * stdin (`kill sim-1`, `partition sim-2`, `add`, `list`, …). Ctrl-C stops every
- * worker gracefully.
+ * `new Fleet({...}).start(3)`, then `kill`, `partition`, `heal`, `restart`,
+ * `add`, `scan`, and `events` / `waitFor` to observe the workers. Its HTTP
+ * control is fleet_control.ts; the program with a command line, fleet_cli.ts.
  */
-import { CONTROL_TOKEN_HEADER, controlRefusal, createControlToken } from "./control_auth.ts";
-import { stackEnv } from "./env.ts";
+import { createControlToken } from "./control_auth.ts";
 
 export interface FleetOptions {
   /** Passed to every worker: SUPABASE_URL, SUPABASE_SECRET_KEY, timings (see worker/main.ts). */
@@ -28,7 +22,7 @@ export interface FleetOptions {
   maxEvents?: number;
 }
 
-/** A worker event (see WorkerEvent in worker.ts) or a fleet one, stamped. */
+/** A worker event (BackendClientEvent, packages/backend/src/client.ts) or a fleet one, stamped. */
 export interface FleetEvent {
   seq: number;
   ts: number;
@@ -362,177 +356,5 @@ export class FleetError extends Error {
   ) {
     super(message);
     this.name = "FleetError";
-  }
-}
-
-/**
- * The fleet's HTTP control API, for loopback use only (it can kill processes):
- *
- *   GET  /fleet                              workers and their state
- *   GET  /fleet/events?after=<seq>           events after a sequence number
- *   POST /fleet/workers        {name?}       add a worker
- *   POST /fleet/workers/<name>/kill|stop|restart|heal
- *   POST /fleet/workers/<name>/partition {self_fencing?}
- *   POST /fleet/scan           {device_id}   simulate the user scanning the QR
- *
- * Returns null for paths outside /fleet so a server can mount it beside others.
- *
- * A browser lets any page POST a simple request to loopback, so a command that
- * a browser marks as coming from another site (`Sec-Fetch-Site`, or an
- * `Origin` other than this server's) is refused: a page the developer happens
- * to visit must not kill their workers.
- */
-export async function fleetControl(fleet: Fleet, request: Request): Promise<Response | null> {
-  const url = new URL(request.url);
-  if (url.pathname !== "/fleet" && !url.pathname.startsWith("/fleet/")) return null;
-  const parts = url.pathname.split("/").filter(Boolean).map(decodeURIComponent);
-  try {
-    if (request.method === "GET" && parts.length === 1) return json({ workers: fleet.list() });
-    if (request.method === "GET" && parts[1] === "events" && parts.length === 2) {
-      const after = Number(url.searchParams.get("after") ?? 0);
-      return json({ events: fleet.events.filter((e) => e.seq > after).slice(-1000) });
-    }
-    if (request.method !== "POST") return json({ error: { code: "method_not_allowed" } }, 405);
-    const refusal = controlRefusal(request, url, fleet.controlToken);
-    if (refusal) return json({ error: { code: "forbidden", message: refusal } }, 403);
-    const body = await readJson(request);
-    if (parts[1] === "workers" && parts.length === 2) {
-      const name = fleet.add(typeof body.name === "string" ? body.name : undefined);
-      return json({ name }, 201);
-    }
-    if (parts[1] === "workers" && parts.length === 4) {
-      const [, , name, verb] = parts;
-      switch (verb) {
-        case "kill":
-          await fleet.kill(name);
-          break;
-        case "stop":
-          await fleet.stop(name);
-          break;
-        case "restart":
-          await fleet.restart(name);
-          break;
-        case "partition":
-          await fleet.partition(name, { selfFencing: body.self_fencing === true });
-          break;
-        case "heal":
-          await fleet.heal(name);
-          break;
-        default:
-          return json({ error: { code: "not_found", message: `unknown verb ${verb}` } }, 404);
-      }
-      return json({ worker: fleet.info(name) });
-    }
-    if (parts[1] === "scan" && parts.length === 2) {
-      if (typeof body.device_id !== "string") {
-        throw new FleetError("invalid_request", "device_id is required");
-      }
-      const worker = await fleet.scan(body.device_id);
-      return json({ device_id: body.device_id, connected: worker !== null, worker });
-    }
-    return json({ error: { code: "not_found", message: "unknown fleet route" } }, 404);
-  } catch (error) {
-    if (error instanceof FleetError) {
-      const status =
-        { not_found: 404, conflict: 409, timeout: 504, invalid_request: 400 }[error.code];
-      return json({ error: { code: error.code, message: error.message } }, status);
-    }
-    throw error;
-  }
-}
-
-async function readJson(request: Request): Promise<Record<string, unknown>> {
-  const text = await request.text();
-  if (!text) return {};
-  try {
-    const value = JSON.parse(text);
-    if (value && typeof value === "object") return value;
-  } catch { /* fall through */ }
-  throw new FleetError("invalid_request", "body must be a JSON object");
-}
-
-function json(body: unknown, status = 200): Response {
-  return new Response(JSON.stringify(body), {
-    status,
-    headers: { "content-type": "application/json", "cache-control": "no-store" },
-  });
-}
-
-/** Environment for workers from the stack's env, plus WORKER_* / QR_* overrides of this process. */
-export function workerEnv(): Record<string, string> {
-  const stack = stackEnv();
-  const env: Record<string, string> = {
-    SUPABASE_URL: stack.url,
-    SUPABASE_SECRET_KEY: stack.secretKey,
-    PATH: Deno.env.get("PATH") ?? "",
-    HOME: Deno.env.get("HOME") ?? "",
-  };
-  for (const [key, value] of Object.entries(Deno.env.toObject())) {
-    if (key.startsWith("WORKER_") || key.startsWith("QR_") || key.startsWith("DENO_")) {
-      env[key] = value;
-    }
-  }
-  return env;
-}
-
-if (import.meta.main) {
-  const args = Deno.args;
-  const flag = (name: string, fallback: string) => {
-    const index = args.indexOf(`--${name}`);
-    return index >= 0 && args[index + 1] ? args[index + 1] : fallback;
-  };
-  const count = Number(flag("workers", "3"));
-  const port = Number(flag("control-port", "54330"));
-  const fleet = new Fleet({
-    env: workerEnv(),
-    prefix: flag("prefix", "sim"),
-    onEvent: (event) => {
-      if (event.type !== "heartbeat") console.log(JSON.stringify(event));
-    },
-  });
-  const server = Deno.serve(
-    { hostname: "127.0.0.1", port, onListen: () => {} },
-    async (request) =>
-      (await fleetControl(fleet, request)) ?? json({ error: { code: "not_found" } }, 404),
-  );
-  let stopping = false;
-  const shutdown = async () => {
-    if (stopping) return;
-    stopping = true;
-    await fleet.stopAll();
-    await server.shutdown();
-    Deno.exit(0);
-  };
-  Deno.addSignalListener("SIGINT", shutdown);
-  Deno.addSignalListener("SIGTERM", shutdown);
-  await fleet.start(count);
-  console.error(
-    `fleet: ${count} workers; control API on http://127.0.0.1:${port}/fleet ` +
-      `(state changes need the header ${CONTROL_TOKEN_HEADER}: ${fleet.controlToken})`,
-  );
-
-  // The same verbs on stdin: `kill sim-1`, `partition sim-2 [self-fence]`, `add`, `list`, …
-  let buffer = "";
-  for await (const chunk of Deno.stdin.readable.pipeThrough(new TextDecoderStream())) {
-    buffer += chunk;
-    let newline;
-    while ((newline = buffer.indexOf("\n")) >= 0) {
-      const [verb, name, option] = buffer.slice(0, newline).trim().split(/\s+/);
-      buffer = buffer.slice(newline + 1);
-      try {
-        if (verb === "list") console.error(JSON.stringify(fleet.list(), null, 2));
-        else if (verb === "add") console.error(`added ${fleet.add(name)}`);
-        else if (verb === "kill") await fleet.kill(name);
-        else if (verb === "stop") await fleet.stop(name);
-        else if (verb === "restart") await fleet.restart(name);
-        else if (verb === "heal") await fleet.heal(name);
-        else if (verb === "partition") {
-          await fleet.partition(name, { selfFencing: option === "self-fence" });
-        } else if (verb === "scan") console.error(`connected by ${await fleet.scan(name)}`);
-        else if (verb) console.error(`unknown command ${verb}`);
-      } catch (error) {
-        console.error(error instanceof Error ? error.message : String(error));
-      }
-    }
   }
 }

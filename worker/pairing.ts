@@ -1,9 +1,30 @@
 /**
- * WhatsApp multi-device pairing as a linked device sees it: the first QR is
- * valid for 60 s, then WhatsApp hands out a fresh reference every 20 s, six in
- * all, after which the attempt ends (Baileys closes it with "QR refs attempts
- * ended"). The numbers are configurable so tests can run the schedule fast.
+ * Simulated WhatsApp for the fleet: what a linked device sees while it pairs,
+ * and a DeviceHandler for BackendClient that plays the Baileys socket.
+ *
+ * Pairing: the first QR is valid for 60 s, then WhatsApp hands out a fresh
+ * reference every 20 s, six in all, after which the attempt ends (Baileys
+ * closes it with "QR refs attempts ended"). The numbers are configurable so
+ * tests can run the schedule fast.
+ *
+ * Linked sessions: a simulated scan stores the device's `creds` in the fenced
+ * session store before reporting `connected`, as Baileys' `saveCreds` does on
+ * `creds.update` before `connection: "open"`; a device handed over for resume
+ * reads them back and reconnects without a QR, or reports `logged_out` when
+ * there are none.
  */
+import { type BackendApi, BackendError } from "../packages/backend/src/api.ts";
+import {
+  type DeviceHandler,
+  type HeldDevice,
+  isDeviceGone,
+  type StopReason,
+} from "../packages/backend/src/client.ts";
+import { type Clock, systemClock } from "../packages/backend/src/clock.ts";
+
+/** The fenced session store calls the simulated WhatsApp needs. */
+export type SessionStore = Pick<BackendApi, "writeSession" | "readSession">;
+
 export interface PairingSchedule {
   firstQrTtlMs: number;
   rotationMs: number;
@@ -74,5 +95,169 @@ export function newPairingKeys(): PairingKeys {
  */
 export function whatsappQrPayload(keys: PairingKeys): string {
   const ref = `2@${base64(randomBytes(66))}`;
-  return [ref, keys.noisePublicKey, keys.identityPublicKey, keys.advSecret].join(",");
+  return [ref, keys.noisePublicKey, keys.identityPublicKey, keys.advSecret]
+    .join(",");
+}
+
+export interface SimulatorConfig {
+  pairing: PairingSchedule;
+  /** Time a resumed session takes to reconnect (the Noise handshake with WhatsApp). */
+  resumeMs: number;
+  /** Retry delay for a write that got no answer. */
+  retryMs: number;
+  /** How often `run` publishes due QRs and finishes due resumes. */
+  tickMs: number;
+}
+
+export const DEFAULT_SIMULATOR_CONFIG: SimulatorConfig = {
+  pairing: WHATSAPP_PAIRING,
+  resumeMs: 300,
+  retryMs: 1_000,
+  tickMs: 100,
+};
+
+/** The session store key of a device's credentials (Baileys' `creds`). */
+export const CREDS = { type: "creds", id: "creds" } as const;
+
+/** One simulated socket: a pairing attempt, a resume, or a linked session. */
+interface SimulatedSocket {
+  device: HeldDevice;
+  keys: PairingKeys;
+  qrsShown: number;
+  nextActionAt: number;
+  busy: boolean;
+  /** Whether the device currently shows one of our QRs (a scan can succeed). */
+  hasQr: boolean;
+}
+
+export type SimulatorEvent = { type: "error"; step: string; error: string };
+
+export class SimulatedWhatsApp implements DeviceHandler {
+  readonly config: SimulatorConfig;
+  #sockets = new Map<string, SimulatedSocket>();
+
+  constructor(
+    private readonly store: SessionStore,
+    config: Partial<SimulatorConfig> = {},
+    private readonly clock: Clock = systemClock,
+    private readonly onEvent: (event: SimulatorEvent) => void = () => {},
+  ) {
+    this.config = { ...DEFAULT_SIMULATOR_CONFIG, ...config };
+  }
+
+  start(device: HeldDevice): void {
+    const delay = device.resume ? this.config.resumeMs : this.config.pairing.qrGenerationMs;
+    this.#sockets.set(device.deviceId, {
+      device,
+      keys: newPairingKeys(),
+      qrsShown: 0,
+      nextActionAt: this.clock.now() + delay,
+      busy: false,
+      hasQr: false,
+    });
+  }
+
+  stop(device: HeldDevice, _reason: StopReason): void {
+    if (this.#sockets.get(device.deviceId)?.device === device) {
+      this.#sockets.delete(device.deviceId);
+    }
+  }
+
+  /** Publish every QR that is due, time out spent attempts, finish due resumes. */
+  async work(): Promise<void> {
+    const now = this.clock.now();
+    const due = [...this.#sockets.values()].filter((s) =>
+      !s.busy && s.device.phase !== "linked" && s.nextActionAt <= now
+    );
+    await Promise.all(due.map((socket) => this.#advance(socket)));
+  }
+
+  /**
+   * The user scanned this device's QR (simulated): its credentials are stored,
+   * then it reports `connected`. False when we show no QR for it or a write
+   * did not go through.
+   */
+  async scan(deviceId: string): Promise<boolean> {
+    const socket = this.#sockets.get(deviceId);
+    if (
+      !socket || !socket.hasQr || socket.busy ||
+      socket.device.phase !== "pairing"
+    ) return false;
+    socket.busy = true;
+    try {
+      const creds = JSON.stringify({
+        ...socket.keys,
+        me: { id: `${deviceId}@s.whatsapp.net` },
+      });
+      await socket.device.fenced(
+        "session_write",
+        (write) => this.store.writeSession(write, [{ ...CREDS, value: creds }]),
+      );
+      await socket.device.reportStatus("connected");
+      return true;
+    } catch (error) {
+      this.#failed("scan", error);
+      return false;
+    } finally {
+      socket.busy = false;
+    }
+  }
+
+  /** Drive `work` until `signal` aborts. */
+  async run(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      // Not awaited: a hung write must not delay the next QR.
+      this.work().catch((error) => this.#failed("work", error));
+      await this.clock.sleep(this.config.tickMs, signal);
+    }
+  }
+
+  async #advance(socket: SimulatedSocket): Promise<void> {
+    socket.busy = true;
+    try {
+      if (socket.device.phase === "resuming") await this.#resume(socket);
+      else if (socket.qrsShown < this.config.pairing.maxQrs) {
+        await this.#publishNext(socket);
+      } else await socket.device.reportStatus("qr_timeout");
+    } catch (error) {
+      this.#failed(socket.device.phase, error);
+      // Not ours any more: the client stopped it. Anything else is retried.
+      socket.nextActionAt = this.clock.now() + this.config.retryMs;
+    } finally {
+      socket.busy = false;
+    }
+  }
+
+  /** Reconnect from the stored creds, no QR; without any, WhatsApp would refuse: `logged_out`. */
+  async #resume(socket: SimulatedSocket): Promise<void> {
+    const { device } = socket;
+    const stored = await device.fenced(
+      "session_read",
+      (write) => this.store.readSession(write, CREDS.type, [CREDS.id]),
+    );
+    if (stored[CREDS.id] === undefined) {
+      await device.reportStatus("logged_out", "no stored session to resume");
+      return;
+    }
+    await device.reportStatus("connected");
+  }
+
+  async #publishNext(socket: SimulatedSocket): Promise<void> {
+    const ttl = qrTtlMs(this.config.pairing, socket.qrsShown);
+    const expiresAt = new Date(this.clock.now() + ttl);
+    await socket.device.publishQr(whatsappQrPayload(socket.keys), expiresAt);
+    socket.qrsShown += 1;
+    socket.hasQr = true;
+    socket.nextActionAt = expiresAt.getTime();
+  }
+
+  #failed(step: string, error: unknown): void {
+    // A device the database took away is the client's business (it emitted why).
+    if (error instanceof BackendError && isDeviceGone(error.code)) return;
+    this.onEvent({
+      type: "error",
+      step,
+      error: error instanceof Error ? error.message : String(error),
+    });
+  }
 }

@@ -22,7 +22,14 @@ interface DemoConfig {
 
 interface QrState {
   device_id: string;
-  status: "ready" | "pending" | "connected" | "not_connecting" | "qr_timeout" | "error";
+  status:
+    | "ready"
+    | "pending"
+    | "reconnecting"
+    | "connected"
+    | "not_connecting"
+    | "qr_timeout"
+    | "error";
   qr: { value: string; image: string; updated_at: string; expires_at: string } | null;
   server: { id: string; name: string } | null;
   reason: string | null;
@@ -52,8 +59,15 @@ interface DeviceView {
   card: HTMLElement;
 }
 
-/** Devices whose server was killed, waiting for a QR from another one. */
-const awaitingRecovery = new Map<string, { from: string; killedAt: number }>();
+/**
+ * Devices whose server was killed, waiting for another server: a QR when the
+ * device was being paired, `connected` again (its session resumed, no QR)
+ * when it was linked.
+ */
+const awaitingRecovery = new Map<
+  string,
+  { from: string; killedAt: number; linked: boolean }
+>();
 
 const config: DemoConfig = await (await fetch("/config.json")).json();
 
@@ -146,7 +160,7 @@ function render(view: DeviceView): void {
       state.status === "error"
     ? "Connect"
     : "Reassign";
-  connect.disabled = state.status === "connected";
+  connect.disabled = state.status === "connected" || state.status === "reconnecting";
   card.querySelector<HTMLButtonElement>(".scan")!.disabled = state.status !== "ready";
   updateExpiry(view);
 }
@@ -155,6 +169,8 @@ function placeholder(state: QrState): string {
   switch (state.status) {
     case "connected":
       return "connected: pairing done";
+    case "reconnecting":
+      return "reconnecting: resuming the linked session on a live server, no QR needed";
     case "not_connecting":
       return "idle — press Connect";
     case "qr_timeout":
@@ -192,7 +208,15 @@ async function follow(view: DeviceView): Promise<void> {
     const controller = new AbortController();
     view.poll = controller;
     const started = Date.now();
-    const body: Record<string, unknown> = { device_id: view.id, format: "json", wait: 25 };
+    // Long-poll only from a state that can change by itself: a wait that starts
+    // on `reconnecting` ends at `connected`, so from `connected` (or nothing yet)
+    // ask plainly, or the card would never show `reconnecting`.
+    const waitable = ["pending", "ready", "reconnecting"].includes(view.state?.status ?? "");
+    const body: Record<string, unknown> = {
+      device_id: view.id,
+      format: "json",
+      wait: waitable ? 25 : 0,
+    };
     if (view.since) body.since = view.since;
     const { data, error } = await supabase.functions.invoke<QrState>("get-device-qr", {
       body,
@@ -223,21 +247,19 @@ function observe(view: DeviceView, state: QrState): void {
   }
   if (before?.status !== state.status) log(`${view.name}: ${state.status.replace("_", " ")}`);
   const waiting = awaitingRecovery.get(view.id);
-  if (waiting && state.qr && state.server && state.server.name !== waiting.from) {
+  const movedOn = waiting && state.server && state.server.name !== waiting.from;
+  if (waiting && movedOn && (waiting.linked ? state.status === "connected" : state.qr)) {
     // Measured when the page shows it: what the user waits for, long-poll included.
     const elapsedMs = Date.now() - waiting.killedAt;
     const seconds = (elapsedMs / 1000).toFixed(1);
     awaitingRecovery.delete(view.id);
     view.card.dataset.recoveredMs = String(elapsedMs);
     view.card.dataset.recoveredFrom = waiting.from;
-    note(
-      view,
-      `QR back from ${state.server.name} ${seconds} s after ${waiting.from} died`,
-      "recovered",
-    );
-    log(
-      `${view.name}: fresh QR from ${state.server.name}, ${seconds} s after ${waiting.from} was killed`,
-    );
+    const text = waiting.linked
+      ? `connected again on ${state.server!.name} ${seconds} s after ${waiting.from} died, no QR`
+      : `QR back from ${state.server!.name} ${seconds} s after ${waiting.from} died`;
+    note(view, text, "recovered");
+    log(`${view.name}: ${text}`);
   } else if (!waiting && view.card.querySelector(".note.problem")) {
     note(view, "");
   }
@@ -305,8 +327,9 @@ async function fleetAction(name: string, verb: string): Promise<void> {
   if (verb === "kill") {
     const killedAt = Date.now();
     for (const view of devices) {
-      if (view.state?.server?.name === name && view.state.status !== "connected") {
-        awaitingRecovery.set(view.id, { from: name, killedAt });
+      if (view.state?.server?.name === name) {
+        const linked = view.state.status === "connected" || view.state.status === "reconnecting";
+        awaitingRecovery.set(view.id, { from: name, killedAt, linked });
         note(view, `${name} killed — waiting for another server…`);
       }
     }

@@ -11,8 +11,9 @@
  * WORKER_* / QR_* timings.
  */
 import { createClient } from "@supabase/supabase-js";
-import { Fleet, fleetControl, workerEnv } from "../../worker/fleet.ts";
-import { stackEnv } from "../../worker/env.ts";
+import { Fleet } from "../../worker/fleet.ts";
+import { fleetControl } from "../../worker/fleet_control.ts";
+import { stackEnv, workerEnv } from "../../worker/env.ts";
 import { mintDemoToken } from "./token.ts";
 import {
   DEMO_DEVICES,
@@ -71,7 +72,9 @@ export async function startDemoServer(options: DemoServerOptions) {
 
   await Deno.mkdir(options.logDir, { recursive: true });
   const fleet = new Fleet({
-    env: workerEnv(),
+    // A resumed session takes about as long as Baileys' reconnect (~2 s), so the
+    // page shows the card `reconnecting` before it is `connected` again.
+    env: { WORKER_RESUME_MS: "2000", ...workerEnv() },
     prefix: "demo-server",
     stderrLog: `${options.logDir}/workers.log`,
   });

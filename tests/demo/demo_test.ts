@@ -1,7 +1,8 @@
 /**
  * The `make dev` demo in a real browser: Debian's chromium driven by
  * playwright-core. Starts local/dev.sh as a person would, opens the printed
- * URL, kills the server a QR comes from and waits for a QR from another one.
+ * URL, kills the server a QR comes from and waits for a QR from another one,
+ * then links a device and kills its server: the session resumes elsewhere, no QR.
  * Screenshots and the recovery time go to test-results/.
  */
 import assert from "node:assert/strict";
@@ -128,6 +129,31 @@ Deno.test({
       await page.locator(`article.device[data-device-id="${readyId}"][data-status="connected"]`)
         .waitFor({ timeout: 30_000 });
       await page.screenshot({ path: `${RESULTS}/demo-3-connect-and-scan.png`, fullPage: true });
+
+      // A linked device outlives its server: kill the server it is connected on;
+      // the card says `reconnecting`, then `connected` on another server, and
+      // never shows a QR (the session is resumed from the store).
+      const linked = page.locator(`article.device[data-device-id="${readyId}"]`);
+      const linkedOn = await linked.getAttribute("data-server");
+      assert.ok(linkedOn, "the connected card names its server");
+      // Runs in the page (a string: this file is type-checked without the DOM lib).
+      await linked.evaluate(`(card) => new MutationObserver(() => {
+        if (card.querySelector(".qr img")) card.dataset.qrShown = "true";
+      }).observe(card, { subtree: true, childList: true })`);
+      await page.locator(`tr[data-worker="${linkedOn}"] button.kill`).click();
+      await page.locator(`article.device[data-device-id="${readyId}"][data-status="reconnecting"]`)
+        .waitFor({ timeout: 60_000 });
+      const resumed = page.locator(
+        `article.device[data-device-id="${readyId}"][data-status="connected"][data-recovered-ms]`,
+      );
+      await resumed.waitFor({ timeout: 60_000 });
+      const resumedOn = await resumed.getAttribute("data-server");
+      assert.ok(resumedOn && resumedOn !== linkedOn, "connected again on another server");
+      assert.equal(await resumed.getAttribute("data-qr-shown"), null, "no QR shown meanwhile");
+      assert.match((await resumed.locator(".note").textContent()) ?? "", /no QR/);
+      const resumedMs = Number(await resumed.getAttribute("data-recovered-ms"));
+      console.log(`connected again on ${resumedOn} ${resumedMs} ms after ${linkedOn} was killed`);
+      await page.screenshot({ path: `${RESULTS}/demo-4-session-resumed.png`, fullPage: true });
       assert.deepEqual(pageErrors, [], "no uncaught error in the page");
     } finally {
       await browser.close();

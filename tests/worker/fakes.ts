@@ -207,6 +207,13 @@ export class FakeDatabase implements BackendApi {
     return Promise.resolve(found);
   }
 
+  /** The database's session failover: the device moves to `to`, resumed if it has stored creds. */
+  failOver(id: string, to: string): void {
+    const device = this.devices.get(id)!;
+    this.reassign(id, to);
+    device.status = this.sessions.get(id)?.has("creds\u0000creds") ? "reconnecting" : "connecting";
+  }
+
   shutdown(serverId: string): Promise<{ released: number; reassigned: number }> {
     this.calls.push("server_shutdown");
     let released = 0;

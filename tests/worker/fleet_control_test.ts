@@ -4,7 +4,8 @@
  * still obey their controls.
  */
 import assert from "node:assert/strict";
-import { Fleet, fleetControl } from "../../worker/fleet.ts";
+import { Fleet } from "../../worker/fleet.ts";
+import { fleetControl } from "../../worker/fleet_control.ts";
 import { CONTROL_TOKEN_HEADER } from "../../worker/control_auth.ts";
 
 /** A control request as the fleet's own page sends it: with the fleet's per-run token. */

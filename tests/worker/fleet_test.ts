@@ -193,3 +193,59 @@ Deno.test({
     });
   },
 });
+
+Deno.test({
+  name: "a killed worker's linked devices reconnect on another worker from their session, no QR",
+  async fn() {
+    await withFleet({
+      heartbeatTimeoutS: 3,
+      workers: 3,
+      devices: 6,
+      workerEnv: { QR_GENERATION_MS: "100", WORKER_RESUME_MS: "200" },
+    }, async ({ fleet, deviceIds, serverIds }) => {
+      await firstQrs(fleet, deviceIds, 20_000);
+      const linkedBy = new Map<string, string>();
+      for (const id of deviceIds) {
+        const worker = await fleet.scan(id);
+        assert.ok(worker, `${id} was linked by a scan`);
+        linkedBy.set(id, worker);
+      }
+      const counts = new Map<string, number>();
+      for (const worker of linkedBy.values()) counts.set(worker, (counts.get(worker) ?? 0) + 1);
+      const victim = [...counts.entries()].sort((a, b) => b[1] - a[1])[0][0];
+      const victimDevices = deviceIds.filter((id) => linkedBy.get(id) === victim);
+
+      const killedAt = Date.now();
+      await fleet.kill(victim);
+      const resumed = await Promise.all(victimDevices.map((id) =>
+        fleet.waitFor(
+          (e) =>
+            e.type === "status_reported" && e.status === "connected" && e.deviceId === id &&
+            e.worker !== victim && e.ts > killedAt,
+          20_000,
+        )
+      ));
+      const slowest = Math.max(...resumed.map((e) => e.ts - killedAt));
+      console.log(`${victimDevices.length} linked devices connected again within ${slowest} ms`);
+      assert.ok(
+        !fleet.events.some((e) =>
+          published(e) && victimDevices.includes(e.deviceId) && e.ts > killedAt
+        ),
+        "no QR was published for a device with a stored session",
+      );
+
+      const db = await sql();
+      const state = await db`
+        select id, status, assigned_server_id from public.devices
+        where id = any(${victimDevices}::uuid[])`;
+      for (const row of state) {
+        assert.equal(row.status, "connected", `${row.id} is connected`);
+        assert.notEqual(
+          row.assigned_server_id,
+          serverIds.get(victim),
+          `${row.id} left the dead server`,
+        );
+      }
+    });
+  },
+});

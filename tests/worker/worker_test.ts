@@ -1,33 +1,53 @@
 import assert from "node:assert/strict";
 import { BackendError } from "../../packages/backend/src/api.ts";
-import { BackendWorker, type WorkerEvent } from "../../worker/worker.ts";
+import {
+  BackendClient,
+  type BackendClientConfig,
+  type BackendClientEvent,
+} from "../../packages/backend/src/client.ts";
+import { SimulatedWhatsApp } from "../../worker/pairing.ts";
 import { FakeClock, FakeDatabase } from "./fakes.ts";
 
-const FAST_PAIRING = { firstQrTtlMs: 60_000, rotationMs: 20_000, maxQrs: 6, qrGenerationMs: 500 };
+const FAST_PAIRING = {
+  firstQrTtlMs: 60_000,
+  rotationMs: 20_000,
+  maxQrs: 6,
+  qrGenerationMs: 500,
+};
 
-function setup(options: { selfFencing?: boolean } = {}) {
+/** A BackendClient with simulated WhatsApp sockets as its handler, on a fake clock and database. */
+function setup(config: Partial<BackendClientConfig> = {}) {
   const clock = new FakeClock();
   const db = new FakeDatabase();
-  const events: WorkerEvent[] = [];
-  const worker = new BackendWorker(
-    db,
-    { serverName: "server-a", pairing: FAST_PAIRING, selfFencing: options.selfFencing ?? true },
+  const events: BackendClientEvent[] = [];
+  const whatsapp = new SimulatedWhatsApp(db, {
+    pairing: FAST_PAIRING,
+    resumeMs: 300,
+  }, clock);
+  const worker = new BackendClient({
+    backend: db,
+    handler: whatsapp,
+    config: { serverName: "server-a", ...config },
     clock,
-    (event) => events.push(event),
-  );
-  return { clock, db, events, worker };
-}
-
-/** Advance the fake clock in steps, letting the worker publish what is due. */
-async function runFor(clock: FakeClock, worker: BackendWorker, ms: number, stepMs = 100) {
-  for (let elapsed = 0; elapsed < ms; elapsed += stepMs) {
-    clock.advance(stepMs);
-    await worker.work();
-  }
+    onEvent: (event) => events.push(event),
+  });
+  /** One tick of `run`: the client checks its lease, the sockets do what is due. */
+  const work = async () => {
+    worker.enforceLease();
+    await whatsapp.work();
+  };
+  /** Advance the fake clock in steps, ticking after each. */
+  const runFor = async (ms: number, stepMs = 100) => {
+    for (let elapsed = 0; elapsed < ms; elapsed += stepMs) {
+      clock.advance(stepMs);
+      await work();
+    }
+  };
+  return { clock, db, events, worker, whatsapp, work, runFor };
 }
 
 Deno.test("the worker publishes the WhatsApp rotation and then reports qr_timeout", async () => {
-  const { clock, db, worker } = setup();
+  const { clock, db, worker, runFor } = setup();
   db.addDevice("d1");
   const start = clock.now();
   await worker.heartbeat();
@@ -35,30 +55,40 @@ Deno.test("the worker publishes the WhatsApp rotation and then reports qr_timeou
   // Keep the lease alive by heartbeating every 2.5 s while the pairing runs.
   for (let elapsed = 0; elapsed < 170_000; elapsed += 2_500) {
     await worker.heartbeat();
-    await runFor(clock, worker, 2_500);
+    await runFor(2_500);
   }
   const expiries = db.published.map((p) => Math.round((p.expiresAt.getTime() - start) / 100) * 100);
-  assert.deepEqual(expiries, [60_500, 80_500, 100_500, 120_500, 140_500, 160_500]);
+  assert.deepEqual(expiries, [
+    60_500,
+    80_500,
+    100_500,
+    120_500,
+    140_500,
+    160_500,
+  ]);
   assert.equal(new Set(db.published.map((p) => p.qr)).size, 6);
   assert.equal(db.devices.get("d1")!.status, "qr_timeout");
   assert.deepEqual(worker.deviceIds, []);
-  assert.equal(db.calls.filter((c) => c === "report_device_status:qr_timeout").length, 1);
+  assert.equal(
+    db.calls.filter((c) => c === "report_device_status:qr_timeout").length,
+    1,
+  );
 });
 
 Deno.test("the first QR appears after the generation delay, with a 60 s expiry", async () => {
-  const { clock, db, worker } = setup();
+  const { clock, db, worker, runFor } = setup();
   db.addDevice("d1");
   await worker.heartbeat();
   await worker.claim();
-  await runFor(clock, worker, 400);
+  await runFor(400);
   assert.equal(db.published.length, 0);
-  await runFor(clock, worker, 100);
+  await runFor(100);
   assert.equal(db.published.length, 1);
   assert.equal(db.published[0].expiresAt.getTime() - clock.now(), 60_000);
 });
 
 Deno.test("without a heartbeat the worker stops at 80% of the timeout, not before", async () => {
-  const { clock, db, events, worker } = setup();
+  const { clock, db, events, worker, work } = setup();
   db.addDevice("d1");
   await worker.heartbeat(); // lease: 10 s timeout → work until +8 s
   await worker.claim();
@@ -66,25 +96,25 @@ Deno.test("without a heartbeat the worker stops at 80% of the timeout, not befor
   clock.advance(2_500);
   await worker.heartbeat();
   clock.advance(5_499); // t = 7 999 ms
-  await worker.work();
+  await work();
   assert.deepEqual(worker.deviceIds, ["d1"]);
   assert.equal(events.filter((e) => e.type === "self_fenced").length, 0);
   clock.advance(1); // t = 8 000 ms
-  await worker.work();
+  await work();
   assert.deepEqual(worker.deviceIds, []);
   assert.equal(events.filter((e) => e.type === "self_fenced").length, 1);
 });
 
 Deno.test("a self-fenced worker makes no device write and no claim until a heartbeat succeeds", async () => {
-  const { clock, db, worker } = setup();
+  const { clock, db, worker, work, runFor } = setup();
   db.addDevice("d1");
   await worker.heartbeat();
   await worker.claim();
   db.heartbeatFailure = new BackendError("unavailable", "timeout");
   clock.advance(8_000);
-  await worker.work();
+  await work();
   const before = db.calls.length;
-  await runFor(clock, worker, 60_000, 1_000);
+  await runFor(60_000, 1_000);
   await worker.claim();
   assert.equal(db.calls.length, before);
   db.heartbeatFailure = null;
@@ -94,7 +124,7 @@ Deno.test("a self-fenced worker makes no device write and no claim until a heart
 });
 
 Deno.test("the lease counts from when the heartbeat was sent, not when it was answered", async () => {
-  const { clock, db, worker } = setup();
+  const { clock, db, worker, work } = setup();
   db.addDevice("d1");
   let answer!: () => void;
   db.heartbeatDelay = new Promise((resolve) => (answer = resolve));
@@ -104,33 +134,33 @@ Deno.test("the lease counts from when the heartbeat was sent, not when it was an
   await beat;
   await worker.claim();
   clock.advance(4_999); // t = 7 999 ms since sending
-  await worker.work();
+  await work();
   assert.deepEqual(worker.deviceIds, ["d1"]);
   clock.advance(1);
-  await worker.work();
+  await work();
   assert.deepEqual(worker.deviceIds, []);
 });
 
 Deno.test("a heartbeat that hangs does not keep the worker from fencing itself", async () => {
-  const { clock, db, worker } = setup();
+  const { clock, db, worker, work } = setup();
   db.addDevice("d1");
   await worker.heartbeat();
   await worker.claim();
   db.heartbeatDelay = new Promise(() => {}); // never answers
   void worker.heartbeat();
   clock.advance(8_000);
-  await worker.work();
+  await work();
   assert.deepEqual(worker.deviceIds, []);
 });
 
 Deno.test("a fenced publish drops that device at once and only that device", async () => {
-  const { clock, db, events, worker } = setup();
+  const { db, events, worker, runFor } = setup();
   db.addDevice("d1");
   db.addDevice("d2");
   await worker.heartbeat();
   await worker.claim();
   db.reassign("d1", "server-b");
-  await runFor(clock, worker, 500);
+  await runFor(500);
   assert.deepEqual(worker.deviceIds, ["d2"]);
   assert.deepEqual(
     events.filter((e) => e.type === "session_dropped").map((e) => e),
@@ -138,17 +168,17 @@ Deno.test("a fenced publish drops that device at once and only that device", asy
   );
   assert.deepEqual(db.published.map((p) => p.deviceId), ["d2"]);
   // No retry for a fenced device.
-  await runFor(clock, worker, 5_000);
+  await runFor(5_000);
   assert.equal(events.filter((e) => e.type === "publish_rejected").length, 1);
 });
 
 Deno.test("a device missing from claim_devices is let go; a new epoch restarts pairing", async () => {
-  const { clock, db, events, worker } = setup();
+  const { db, events, worker, runFor } = setup();
   db.addDevice("d1");
   db.addDevice("d2");
   await worker.heartbeat();
   await worker.claim();
-  await runFor(clock, worker, 500);
+  await runFor(500);
   db.reassign("d1", "server-b");
   db.reassign("d2", "server-a"); // the user asked again and landed on us
   await worker.claim();
@@ -157,7 +187,7 @@ Deno.test("a device missing from claim_devices is let go; a new epoch restarts p
     e.type === "session_dropped" ? [e.deviceId, e.reason] : []
   );
   assert.deepEqual(reasons, [["d1", "released"], ["d2", "new_epoch"]]);
-  await runFor(clock, worker, 500);
+  await runFor(500);
   assert.equal(db.published.at(-1)!.epoch, 3);
 });
 
@@ -174,45 +204,79 @@ Deno.test("server_not_live from claim_devices revokes the lease at once", async 
 });
 
 Deno.test("with self-fencing off (a frozen server), the database fence still rejects it", async () => {
-  const { clock, db, events, worker } = setup({ selfFencing: false });
+  const { clock, db, events, worker, work, runFor } = setup({
+    selfFencing: false,
+  });
   db.addDevice("d1");
   await worker.heartbeat();
   await worker.claim();
-  await runFor(clock, worker, 500);
+  await runFor(500);
   db.heartbeatFailure = new BackendError("unavailable", "partitioned");
   clock.advance(60_000);
   db.reassign("d1", "server-b");
-  await worker.work();
+  await work();
   assert.equal(events.filter((e) => e.type === "publish_rejected").length, 1);
   assert.deepEqual(worker.deviceIds, []);
   assert.equal(db.published.length, 1);
 });
 
-Deno.test("a simulated scan reports connected and ends the pairing", async () => {
-  const { clock, db, worker } = setup();
+Deno.test("a simulated scan stores the creds, then reports connected: the device stays linked here", async () => {
+  const { db, worker, runFor, whatsapp } = setup();
   db.addDevice("d1");
   await worker.heartbeat();
   await worker.claim();
-  assert.equal(await worker.scan("d1"), false, "no QR shown yet, nothing to scan");
-  await runFor(clock, worker, 500);
-  assert.equal(await worker.scan("d1"), true);
+  assert.equal(
+    await whatsapp.scan("d1"),
+    false,
+    "no QR shown yet, nothing to scan",
+  );
+  await runFor(500);
+  assert.equal(await whatsapp.scan("d1"), true);
   assert.equal(db.devices.get("d1")!.status, "connected");
-  assert.deepEqual(worker.deviceIds, []);
-  assert.equal(await worker.scan("unknown"), false);
+  assert.deepEqual(
+    db.calls.slice(-2),
+    ["device_session_write", "report_device_status:connected"],
+    "the creds are stored before the device says it is connected",
+  );
+  assert.ok(db.sessions.get("d1")?.has("creds\u0000creds"));
+  assert.deepEqual(
+    worker.snapshot().devices.map((d) => [d.deviceId, d.phase]),
+    [["d1", "linked"]],
+  );
+  const published = db.published.length;
+  // A whole pairing schedule later, with heartbeats and (complete) claims that do not list it:
+  for (let elapsed = 0; elapsed < 170_000; elapsed += 2_500) {
+    await worker.heartbeat();
+    await worker.claim();
+    await runFor(2_500, 500);
+  }
+  assert.equal(
+    db.published.length,
+    published,
+    "a linked device shows no more QRs",
+  );
+  assert.ok(!db.calls.includes("report_device_status:qr_timeout"));
+  assert.deepEqual(
+    worker.deviceIds,
+    ["d1"],
+    "claims do not list linked devices; it stays ours",
+  );
+  assert.equal(await whatsapp.scan("d1"), false, "linked: nothing to scan");
+  assert.equal(await whatsapp.scan("unknown"), false);
 });
 
 Deno.test("shutdown closes every session and hands the devices back", async () => {
-  const { clock, db, worker } = setup();
+  const { db, worker, work, runFor } = setup();
   db.addDevice("d1");
   await worker.heartbeat();
   await worker.claim();
-  await runFor(clock, worker, 500);
+  await runFor(500);
   await worker.shutdown();
   assert.deepEqual(worker.deviceIds, []);
   assert.equal(db.devices.get("d1")!.owner, null);
   assert.equal(db.calls.at(-1), "server_shutdown");
   await worker.claim();
-  await worker.work();
+  await work();
   assert.equal(db.calls.at(-1), "server_shutdown", "no call after shutdown");
 });
 
@@ -230,10 +294,8 @@ Deno.test("the heartbeat reports the current load and capacity", async () => {
 });
 
 Deno.test("a claim batch takes at most that many new devices per poll", async () => {
-  const clock = new FakeClock();
-  const db = new FakeDatabase();
+  const { db, worker } = setup({ claimBatch: 1 });
   for (const id of ["d1", "d2", "d3"]) db.addDevice(id);
-  const worker = new BackendWorker(db, { serverName: "server-a", claimBatch: 1 }, clock);
   await worker.heartbeat();
   await worker.claim();
   assert.deepEqual(worker.deviceIds, ["d1"]);
@@ -243,10 +305,8 @@ Deno.test("a claim batch takes at most that many new devices per poll", async ()
 });
 
 Deno.test("a full claim page is not taken as the whole list: no device is dropped", async () => {
-  const clock = new FakeClock();
-  const db = new FakeDatabase();
+  const { db, worker } = setup({ claimBatch: 1 });
   for (const id of ["d1", "d2", "d3"]) db.addDevice(id);
-  const worker = new BackendWorker(db, { serverName: "server-a", claimBatch: 1 }, clock);
   await worker.heartbeat();
   await worker.claim(); // d1
   // The database assigned two more to us elsewhere (e.g. get_device_qr moved them here).
@@ -263,16 +323,19 @@ Deno.test("a full claim page is not taken as the whole list: no device is droppe
     qrExpiresAt: null,
   });
   await worker.claim();
-  assert.ok(worker.deviceIds.includes("d1"), "d1 must survive a truncated answer");
+  assert.ok(
+    worker.deviceIds.includes("d1"),
+    "d1 must survive a truncated answer",
+  );
 });
 
 Deno.test("a device deleted meanwhile is dropped, not retried forever", async () => {
-  const { clock, db, events, worker } = setup();
+  const { db, events, worker, runFor } = setup();
   db.addDevice("d1");
   await worker.heartbeat();
   await worker.claim();
   db.devices.delete("d1");
-  await runFor(clock, worker, 5_000);
+  await runFor(5_000);
   assert.deepEqual(worker.deviceIds, []);
   assert.equal(events.filter((e) => e.type === "publish_rejected").length, 1);
 });
@@ -284,23 +347,126 @@ Deno.test("shutdown retries server_shutdown when the first answer is lost", asyn
   db.shutdown = () => {
     calls++;
     return calls === 1
-      ? Promise.reject(new BackendError("unavailable", "deadlock detected", 500))
+      ? Promise.reject(
+        new BackendError("unavailable", "deadlock detected", 500),
+      )
       : Promise.resolve({ released: 0, reassigned: 0 });
   };
   await worker.shutdown();
   assert.equal(calls, 2);
 });
 
-Deno.test("a session to resume is reported logged_out (the simulator stores none), never paired", async () => {
-  const { db, events, worker } = setup();
+Deno.test("a device to resume without stored creds is reported logged_out, never paired", async () => {
+  const { db, events, worker, runFor } = setup();
   const device = db.addDevice("d1", "server-a");
   device.status = "reconnecting";
   await worker.heartbeat();
   await worker.claim();
+  await runFor(300);
   assert.equal(db.devices.get("d1")!.status, "disconnected");
   assert.equal(db.devices.get("d1")!.lastError, "logged_out");
-  assert.deepEqual(worker.deviceIds, [], "no pairing was started for it");
-  assert.ok(events.some((e) => e.type === "status_reported" && e.status === "logged_out"));
+  assert.deepEqual(worker.deviceIds, [], "stopped after logged_out");
+  assert.equal(db.published.length, 0, "no QR for a device to resume");
+  assert.ok(
+    events.some((e) => e.type === "status_reported" && e.status === "logged_out"),
+  );
   await worker.claim();
-  assert.equal(db.calls.filter((c) => c === "report_device_status:logged_out").length, 1);
+  await runFor(1_000);
+  assert.equal(
+    db.calls.filter((c) => c === "report_device_status:logged_out").length,
+    1,
+  );
+});
+
+Deno.test("a linked device whose server died is resumed elsewhere from its creds, no QR", async () => {
+  const { db, worker, whatsapp, runFor } = setup();
+  db.addDevice("d1");
+  await worker.heartbeat();
+  await worker.claim();
+  await runFor(500);
+  assert.equal(await whatsapp.scan("d1"), true);
+  // server-a dies; the failover rule hands d1 to server-b, which resumes it.
+  const b = setup();
+  b.db.devices = db.devices;
+  b.db.sessions = db.sessions;
+  b.db.heartbeat = async (input) => ({
+    ...(await db.heartbeat(input)),
+    serverId: "server-b",
+  });
+  db.failOver("d1", "server-b");
+  assert.equal(db.devices.get("d1")!.status, "reconnecting");
+  await b.worker.heartbeat();
+  await b.worker.claim();
+  assert.deepEqual(
+    b.worker.snapshot().devices.map((d) => [d.deviceId, d.phase]),
+    [[
+      "d1",
+      "resuming",
+    ]],
+  );
+  await b.runFor(200);
+  assert.equal(
+    db.devices.get("d1")!.status,
+    "reconnecting",
+    "the handshake takes resumeMs",
+  );
+  await b.runFor(100);
+  assert.equal(db.devices.get("d1")!.status, "connected");
+  assert.equal(b.db.published.length, 0, "no QR shown on the new server");
+  assert.deepEqual(b.worker.snapshot().devices.map((d) => d.phase), ["linked"]);
+  // The dead server's late write of the session is refused and stops its copy.
+  await assert.rejects(
+    worker.device("d1")!.fenced(
+      "session_write",
+      (write) => db.writeSession(write, [{ type: "creds", id: "creds", value: "stale" }]),
+    ),
+    (error) => error instanceof BackendError && error.code === "fenced",
+  );
+  assert.deepEqual(worker.deviceIds, []);
+  assert.notEqual(db.sessions.get("d1")!.get("creds\u0000creds"), "stale");
+});
+
+Deno.test("a linked device is stopped when the lease lapses, like any other", async () => {
+  const { db, events, worker, whatsapp, runFor } = setup();
+  db.addDevice("d1");
+  await worker.heartbeat();
+  await worker.claim();
+  await runFor(500);
+  await whatsapp.scan("d1");
+  db.heartbeatFailure = new BackendError("unavailable", "partitioned");
+  await runFor(7_500);
+  assert.deepEqual(worker.deviceIds, []);
+  assert.deepEqual(
+    events.filter((e) => e.type === "session_dropped").map((e) =>
+      e.type === "session_dropped" ? e.reason : ""
+    ),
+    ["lease_lapsed"],
+  );
+});
+
+Deno.test("the handler is told to stop exactly the devices the client drops", async () => {
+  const db = new FakeDatabase();
+  const clock = new FakeClock();
+  const started: string[] = [];
+  const stopped: string[] = [];
+  const worker = new BackendClient({
+    backend: db,
+    handler: {
+      start: (device) => void started.push(`${device.deviceId}@${device.epoch}`),
+      stop: (device, reason) => void stopped.push(`${device.deviceId}@${device.epoch}:${reason}`),
+    },
+    config: { serverName: "server-a" },
+    clock,
+  });
+  db.addDevice("d1");
+  db.addDevice("d2");
+  await worker.heartbeat();
+  await worker.claim();
+  db.reassign("d1", "server-b");
+  db.reassign("d2", "server-a");
+  await worker.claim();
+  assert.deepEqual(started, ["d1@2", "d2@2", "d2@3"]);
+  assert.deepEqual(stopped, ["d1@2:released", "d2@2:new_epoch"]);
+  await worker.shutdown();
+  assert.deepEqual(stopped.at(-1), "d2@3:shutdown");
 });
