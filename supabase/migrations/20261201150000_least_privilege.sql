@@ -368,7 +368,7 @@ $$;
 -- The server API, guarded (bodies as in 20261201130000_session_store.sql) ------------------
 -- server_heartbeat, claim_devices and server_shutdown call the guard first;
 -- publish_device_qr, report_device_status and the session store reach it
--- through fenced_device, their common first step.
+-- through fenced_device, their first step after checking their arguments.
 
 -- A disabled server's heartbeat is refused and never makes it live again.
 create or replace function device_assignment.server_heartbeat(
@@ -387,6 +387,7 @@ declare
   v_server public.backend_servers;
   v_timeout interval;
 begin
+  perform device_assignment.authorize_server(null, p_server_name);
   if p_server_name is null or length(btrim(p_server_name)) = 0 or length(p_server_name) > 200 then
     perform device_assignment.raise_api_error('invalid_argument', 400,
       jsonb_build_object('argument', 'p_server_name'), 'A server name of 1 to 200 characters.');
@@ -403,7 +404,6 @@ begin
     perform device_assignment.raise_api_error('invalid_argument', 400,
       jsonb_build_object('argument', 'p_metadata'), 'A JSON object.');
   end if;
-  perform device_assignment.authorize_server(null, p_server_name);
 
   insert into public.backend_servers as s
     (server_name, is_active, is_healthy, current_load, max_capacity, last_health_ping, metadata)
@@ -463,11 +463,11 @@ declare
   v_ids uuid[];
   v_actor text;
 begin
+  perform device_assignment.authorize_server(p_server_id);
   if p_limit is null or p_limit < 1 or p_limit > 10000 then
     perform device_assignment.raise_api_error('invalid_argument', 400,
       jsonb_build_object('argument', 'p_limit'), 'A limit from 1 to 10000.');
   end if;
-  perform device_assignment.authorize_server(p_server_id);
   select l.* into v_server from device_assignment.live_servers l where l.id = p_server_id;
   if not found then
     perform device_assignment.raise_api_error('server_not_live', 409, null,

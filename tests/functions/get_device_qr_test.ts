@@ -219,7 +219,7 @@ Deno.test("json format maps the SQL result to the contract body with a PNG data 
   const body = await response.json();
   assert.deepEqual(Object.keys(body).sort(), [
     "device_id",
-    "last_error",
+    "last_error_code",
     "qr",
     "reason",
     "reassigned",

@@ -3,7 +3,8 @@
  * The SQL function `get_device_qr` decides everything (fresh or not, stale or
  * orphaned, reassign now or not); this handler validates, authorizes, makes
  * that one call, and renders the answer. With `wait`, it repeats the call
- * until the answer changes.
+ * until the answer changes; each repeat names the poll (`p_wait_id`), so the
+ * SQL bounds how many polls one user runs at once.
  */
 import { z } from "zod";
 import type { Authenticate } from "../_shared/auth.ts";
@@ -68,7 +69,7 @@ const SqlQrState = z.object({
   reason: z.string().nullish(),
   reassigned: z.boolean().nullish(),
   retry_after_ms: z.number().nullish(),
-  last_error: z.string().nullish(),
+  last_error_code: z.string().nullish(),
 });
 type SqlQrState = z.infer<typeof SqlQrState>;
 
@@ -107,10 +108,12 @@ export function createGetDeviceQrHandler(
       const caller = await deps.authenticate(request);
       const input = validate(QrRequest, await rawInput(request));
 
-      const check = () => readState(caller.rpc, input.device_id, request.signal);
-      const first = await check();
+      // The first check answers at once more often than not and holds nothing;
+      // only the re-checks of a poll that waits hold its lease.
+      const waitId = crypto.randomUUID();
+      const first = await readState(caller.rpc, input.device_id, request.signal);
       const { state } = await pollUntilChanged({
-        check,
+        check: () => readState(caller.rpc, input.device_id, request.signal, waitId),
         first,
         answerNow: (s) => !WAITABLE.has(s.status) || isNewToClient(s, input.since),
         key: stateKey,
@@ -125,8 +128,14 @@ export function createGetDeviceQrHandler(
   };
 }
 
-async function readState(rpc: Rpc, deviceId: string, signal: AbortSignal): Promise<SqlQrState> {
-  const data = await rpc("get_device_qr", { p_device_id: deviceId }, signal);
+async function readState(
+  rpc: Rpc,
+  deviceId: string,
+  signal: AbortSignal,
+  waitId?: string,
+): Promise<SqlQrState> {
+  const args = waitId ? { p_device_id: deviceId, p_wait_id: waitId } : { p_device_id: deviceId };
+  const data = await rpc("get_device_qr", args, signal);
   const parsed = SqlQrState.safeParse(data);
   if (!parsed.success) {
     console.log(
@@ -197,7 +206,7 @@ async function qrBody(images: QrImages, state: SqlQrState) {
     reason: state.reason ?? null,
     reassigned: state.reassigned ?? false,
     retry_after_ms: state.retry_after_ms ?? null,
-    last_error: state.last_error ?? null,
+    last_error_code: state.last_error_code ?? null,
   };
 }
 
