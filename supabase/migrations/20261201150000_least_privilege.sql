@@ -673,13 +673,15 @@ end;
 $$;
 
 -- Concurrent long-polls per user ------------------------------------------------------------
--- Each re-check of a long-poll holds a lease named by the poll's id. A poll
--- re-checks at least every 2 s (get-device-qr/long-poll.ts, MAX_DELAY_MS), and
--- a lease lasts 5 s from its poll's last check: a live poll keeps its slot,
--- and one that ended frees it within seconds without a call of its own (a
--- lease as long as the longest wait, 25 s, would let a client that re-polls
--- as soon as an answer arrives run into the leases of its own ended polls).
--- No grant: only get_device_qr reads and writes it.
+-- Each re-check of a long-poll holds a lease named by the poll's id, and the
+-- function ends it (end_long_poll) when the poll answers. A poll re-checks at
+-- least every 2 s (get-device-qr/long-poll.ts, MAX_DELAY_MS), so a lease
+-- lasts 5 s from its poll's last check: a live poll keeps its slot, and one
+-- whose function died without ending it frees it within seconds. (A lease as
+-- long as the longest wait, 25 s, or one left to expire, would make a client
+-- that re-polls as soon as an answer arrives, as a QR page does, run into the
+-- leases of its own ended polls.)
+-- No grant: only get_device_qr and end_long_poll read and write it.
 create table if not exists device_assignment.long_poll_leases (
   user_id uuid not null,
   wait_id uuid not null,
@@ -721,6 +723,19 @@ begin
         'limit', v_limit),
       'Wait for one of your long-polls to end before starting another.');
   end if;
+end;
+$$;
+
+-- Ends one of the caller's long-polls: its slot is free at once.
+create or replace function device_assignment.end_long_poll(p_wait_id uuid)
+returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  delete from device_assignment.long_poll_leases l
+   where l.user_id = device_assignment.current_user_id() and l.wait_id = p_wait_id;
 end;
 $$;
 
@@ -1036,6 +1051,15 @@ comment on function public.get_device_qr(uuid, uuid) is
   'QR state of one of the caller''s devices; heals an orphaned or stale device in the same call. '
   'p_wait_id: the long-poll this call re-checks for (at most long_polls_per_user at once).';
 
+create or replace function public.end_long_poll(p_wait_id uuid)
+returns void
+language plpgsql
+set search_path = ''
+as $$ begin perform device_assignment.end_long_poll(p_wait_id); end $$;
+
+comment on function public.end_long_poll(uuid) is
+  'Ends one of the caller''s long-polls (get_device_qr p_wait_id), freeing its slot.';
+
 create or replace function public.set_backend_server_enabled(p_server_name text, p_enabled boolean)
 returns jsonb
 language plpgsql
@@ -1048,6 +1072,11 @@ comment on function public.set_backend_server_enabled(text, boolean) is
 revoke all on function public.get_device_qr(uuid, uuid), device_assignment.get_device_qr(uuid, uuid)
   from public, anon, authenticated, service_role;
 grant execute on function public.get_device_qr(uuid, uuid), device_assignment.get_device_qr(uuid, uuid)
+  to authenticated;
+
+revoke all on function public.end_long_poll(uuid), device_assignment.end_long_poll(uuid)
+  from public, anon, authenticated, service_role;
+grant execute on function public.end_long_poll(uuid), device_assignment.end_long_poll(uuid)
   to authenticated;
 
 revoke all on function public.set_backend_server_enabled(text, boolean),

@@ -422,7 +422,7 @@ worldTest("the internals are not reachable by any path, for any role", async (w)
       and not exists (select from pg_depend d where d.objid = p.oid and d.deptype = 'e')`;
   assert.ok(grants.length >= ALL_RPCS.length, `catalog lists ${grants.length} functions`);
   assert.deepEqual(grants.filter((g) => g.anon).map((g) => `${g.schema}.${g.name}`), []);
-  const userApi = new Set([...USER_RPCS, ...SERVER_RPCS, ...SESSION_RPCS]);
+  const userApi = new Set([...USER_RPCS, "end_long_poll", ...SERVER_RPCS, ...SESSION_RPCS]);
   assert.deepEqual(
     grants.filter((g) => g.authed && !userApi.has(g.name)).map((g) => `${g.schema}.${g.name}`),
     [],

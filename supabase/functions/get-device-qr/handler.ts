@@ -109,19 +109,27 @@ export function createGetDeviceQrHandler(
       const input = validate(QrRequest, await rawInput(request));
 
       // The first check answers at once more often than not and holds nothing;
-      // only the re-checks of a poll that waits hold its lease.
+      // only the re-checks of a poll that waits hold its lease, ended below.
       const waitId = crypto.randomUUID();
+      let holdsLease = false;
       const first = await readState(caller.rpc, input.device_id, request.signal);
-      const { state } = await pollUntilChanged({
-        check: () => readState(caller.rpc, input.device_id, request.signal, waitId),
-        first,
-        answerNow: (s) => !WAITABLE.has(s.status) || isNewToClient(s, input.since),
-        key: stateKey,
-        waitMs: input.wait * 1000,
-        clock,
-        signal: request.signal,
-      });
-      return await render(responder, deps.images, state, input.format);
+      try {
+        const { state } = await pollUntilChanged({
+          check: () => {
+            holdsLease = true;
+            return readState(caller.rpc, input.device_id, request.signal, waitId);
+          },
+          first,
+          answerNow: (s) => !WAITABLE.has(s.status) || isNewToClient(s, input.since),
+          key: stateKey,
+          waitMs: input.wait * 1000,
+          clock,
+          signal: request.signal,
+        });
+        return await render(responder, deps.images, state, input.format);
+      } finally {
+        if (holdsLease) await endLongPoll(caller.rpc, waitId, log);
+      }
     } catch (error) {
       return errorToResponse(responder, error, log);
     }
@@ -144,6 +152,23 @@ async function readState(
     throw new ApiError("internal_error", "The database answered in an unexpected shape.");
   }
   return parsed.data;
+}
+
+/**
+ * Frees the poll's slot now rather than when its lease lapses, so a client
+ * that polls again at once does not count twice. Best effort, even for a
+ * client that went away: a lease that stays lapses within seconds.
+ */
+async function endLongPoll(
+  rpc: Rpc,
+  waitId: string,
+  log: (line: Record<string, unknown>) => void,
+): Promise<void> {
+  try {
+    await rpc("end_long_poll", { p_wait_id: waitId });
+  } catch (error) {
+    log({ level: "warn", event: "end_long_poll_failed", code: (error as ApiError).code ?? null });
+  }
 }
 
 /** A fresh QR the client does not hold yet (its `since` names another, or none). */

@@ -11,16 +11,16 @@ where n.nspname = 'public'
   and p.proname in ('get_device_qr', 'request_device_reassignment', 'server_heartbeat',
     'claim_devices', 'publish_device_qr', 'report_device_status', 'server_shutdown',
     'reassign_devices', 'run_assignment_maintenance', 'assignment_health',
-    'device_session_write', 'device_session_read', 'set_backend_server_enabled');
+    'device_session_write', 'device_session_read', 'set_backend_server_enabled', 'end_long_poll');
 
-select is((select count(*)::int from api_functions), 13, 'the thirteen API functions exist in public');
+select is((select count(*)::int from api_functions), 14, 'the fourteen API functions exist in public');
 select is(
   (select count(*)::int from api_functions where has_function_privilege('anon', oid, 'execute')),
   0, 'anon executes none of them');
 select is(
   (select array_agg(proname::text order by proname) from api_functions
     where has_function_privilege('authenticated', oid, 'execute')),
-  array['claim_devices', 'device_session_read', 'device_session_write', 'get_device_qr',
+  array['claim_devices', 'device_session_read', 'device_session_write', 'end_long_poll', 'get_device_qr',
         'publish_device_qr', 'report_device_status', 'request_device_reassignment',
         'server_heartbeat', 'server_shutdown'],
   'authenticated executes the user API, and the server API for backend accounts (08 tests its guard)');
@@ -50,7 +50,7 @@ select is(
   (select array_agg(p.proname::text order by p.proname) from pg_proc p
      join pg_namespace n on n.oid = p.pronamespace
     where n.nspname = 'device_assignment' and has_function_privilege('authenticated', p.oid, 'execute')),
-  array['claim_devices', 'device_session_read', 'device_session_write', 'get_device_qr',
+  array['claim_devices', 'device_session_read', 'device_session_write', 'end_long_poll', 'get_device_qr',
         'publish_device_qr', 'report_device_status', 'request_device_reassignment',
         'server_heartbeat', 'server_shutdown'],
   'authenticated executes only the user and server entry points of the internals');

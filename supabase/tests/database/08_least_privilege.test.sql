@@ -3,7 +3,7 @@
 -- one user's long-polls and reassignments are bounded.
 begin;
 \ir reset_fleet.psql
-select plan(52);
+select plan(53);
 
 -- Claims as PostgREST sets them: two backend accounts, their owner-user, and a
 -- user who put a server name where users may write (user_metadata).
@@ -143,6 +143,10 @@ select lives_ok($$select public.get_device_qr('d0000000-0000-4000-8000-000000000
   'a long-poll that holds a lease keeps re-checking');
 select lives_ok($$select public.get_device_qr('d0000000-0000-4000-8000-000000000001')$$,
   'a request that does not wait holds no lease');
+select public.end_long_poll('e0000000-0000-4000-8000-000000000002');
+select lives_ok($$select public.get_device_qr('d0000000-0000-4000-8000-000000000001',
+    'e0000000-0000-4000-8000-000000000007')$$,
+  'a long-poll that ended frees its slot at once');
 reset role;
 select set_config('request.jwt.claims', '', true);
 update device_assignment.long_poll_leases set expires_at = now() - interval '1 second'
@@ -151,7 +155,7 @@ set local role authenticated;
 select set_config('request.jwt.claims', :'owner', true);
 select lives_ok($$select public.get_device_qr('d0000000-0000-4000-8000-000000000001',
     'e0000000-0000-4000-8000-000000000006')$$,
-  'a long-poll that stopped re-checking frees its slot');
+  'a long-poll that stopped re-checking frees its slot when its lease lapses');
 reset role;
 select set_config('request.jwt.claims', '', true);
 select is((select count(*)::int from device_assignment.long_poll_leases
