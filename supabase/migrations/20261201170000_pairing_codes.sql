@@ -139,8 +139,11 @@ as $$
   select r.phone
   from device_assignment.pairing_requests r
   join public.devices d on d.id = r.device_id
+  join public.backend_servers s on s.id = d.assigned_server_id
   where r.device_id = p_device_id
     and d.assigned_server_id = p_server_id
+    -- Only to who may act as that server (20261201150000_least_privilege.sql).
+    and device_assignment.caller() in ('operator', 'system', 'server:' || s.server_name)
     and d.status = 'connecting'
     and r.expires_at > now()
     and not device_assignment.is_pairing_code_fresh(r, d.assignment_epoch)
@@ -279,8 +282,8 @@ begin
 end;
 $$;
 
--- get_device_qr, as 20261201130000_session_store.sql defines it, plus `pairing_code`.
-create or replace function device_assignment.get_device_qr(p_device_id uuid)
+-- get_device_qr, as 20261201150000_least_privilege.sql defines it, plus `pairing_code`.
+create or replace function device_assignment.get_device_qr(p_device_id uuid, p_wait_id uuid default null)
 returns jsonb
 language plpgsql
 security definer
@@ -293,6 +296,10 @@ declare
   v_action text;
   v_reason text;
 begin
+  if p_wait_id is not null then
+    perform device_assignment.hold_long_poll(v_uid, p_wait_id);
+  end if;
+
   select d.* into v_device
   from public.devices d
   where d.id = p_device_id and d.user_id = v_uid;
@@ -459,7 +466,7 @@ grant execute on function
   device_assignment.publish_device_pairing_code(uuid, uuid, bigint, text, timestamptz),
   device_assignment.pairing_phone_wanted(uuid, uuid),
   device_assignment.expire_pairing_requests()
-to service_role;
+to service_role, authenticated; -- backend accounts: each function guards who may act as which server
 
 -- PostgreSQL grants EXECUTE to PUBLIC on every new function, and a per-schema
 -- default privilege cannot take that back: revoke it explicitly.

@@ -711,7 +711,6 @@ async function chaosOn(
   try {
     await db`delete from auth.users where id = any(${owners.map((o) => o.id)}::uuid[])`;
     await db`delete from public.devices where id = any(${allDeviceIds}::uuid[])`;
-    await db`delete from public.device_assignment_events where device_id = any(${allDeviceIds}::uuid[])`;
     await db`delete from public.backend_servers where server_name like ${tag + "-%"}`;
   } catch (error) {
     log(`cleanup: ${error instanceof Error ? error.message : error}`);

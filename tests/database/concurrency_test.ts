@@ -28,8 +28,6 @@ async function withFleet(
   try {
     await fn(tag, admin);
   } finally {
-    await admin`delete from public.device_assignment_events where device_id in
-                  (select id from public.devices where user_id = ${userId})`;
     await admin`delete from public.devices where user_id = ${userId}`;
     await admin`delete from public.backend_servers where server_name like ${tag + "%"}`;
     await admin`delete from auth.users where id = ${userId}`;

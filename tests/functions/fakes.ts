@@ -91,7 +91,7 @@ export function sqlQrState(overrides: Record<string, unknown> = {}): Record<stri
     reassigned: false,
     retry_after_ms: 1000,
     epoch: 3,
-    last_error: null,
+    last_error_code: null,
     ...overrides,
   };
 }

@@ -219,7 +219,7 @@ Deno.test("json format maps the SQL result to the contract body with a PNG data 
   const body = await response.json();
   assert.deepEqual(Object.keys(body).sort(), [
     "device_id",
-    "last_error",
+    "last_error_code",
     "pairing_code",
     "qr",
     "reason",
@@ -540,7 +540,7 @@ Deno.test("wait does not hold an idle device: not_connecting answers at once", a
   assert.equal(clock.elapsed, 0);
 });
 
-Deno.test("a client that goes away ends the wait without further RPCs", async () => {
+Deno.test("a client that goes away ends the wait: no re-check after it left, only its lease ended", async () => {
   const clock = new FakeClock();
   const controller = new AbortController();
   let abortedAt: number | null = null;
@@ -556,7 +556,38 @@ Deno.test("a client that goes away ends the wait without further RPCs", async ()
   );
   assert.ok(abortedAt !== null);
   assert.ok(clock.elapsed < 3000, `kept waiting ${clock.elapsed} ms after the client left`);
-  assert.ok(calls.every((c) => c.at < abortedAt!), "an RPC ran after the client left");
+  const after = calls.filter((c) => c.at >= abortedAt!);
+  assert.deepEqual(
+    after.map((c) => c.name),
+    ["end_long_poll"],
+    "a re-check ran after the client left",
+  );
+});
+
+Deno.test("a long-poll's re-checks name it, and it ends its lease when it answers", async () => {
+  const clock = new FakeClock();
+  const { handler, calls } = handlerFor(() => sqlQrState(), { clock });
+  await (await handler(request(`${URL_BASE}?device_id=${DEVICE_ID}&wait=3`))).arrayBuffer();
+  const [first, ...rest] = calls;
+  assert.deepEqual(first.args, { p_device_id: DEVICE_ID }, "the first check holds no lease");
+  const rechecks = rest.filter((c) => c.name === "get_device_qr");
+  assert.ok(rechecks.length > 1);
+  const waitId = rechecks[0].args.p_wait_id;
+  assert.match(String(waitId), /^[0-9a-f-]{36}$/);
+  assert.ok(rechecks.every((c) => c.args.p_wait_id === waitId), "one id for the whole poll");
+  assert.deepEqual(calls.at(-1), {
+    name: "end_long_poll",
+    args: { p_wait_id: waitId },
+    at: clock.now(),
+  });
+});
+
+Deno.test("a request that does not wait makes one RPC and holds no lease", async () => {
+  const { handler, calls } = handlerFor(() => sqlQrState());
+  await (await handler(request(`${URL_BASE}?device_id=${DEVICE_ID}`))).arrayBuffer();
+  assert.deepEqual(calls.map((c) => [c.name, c.args]), [["get_device_qr", {
+    p_device_id: DEVICE_ID,
+  }]]);
 });
 
 Deno.test("POST accepts wait as a JSON number", async () => {

@@ -20,7 +20,7 @@ import {
   worldChecksum,
 } from "./kit.ts";
 import { writeFigures } from "./figures.ts";
-import { mintAccessToken, sql } from "../e2e/harness.ts";
+import { createUser, mintAccessToken, sql } from "../e2e/harness.ts";
 
 interface Case {
   name: string;
@@ -666,6 +666,103 @@ Deno.test({
       }
       await assertHostileAnswer(answer(400, error("fine")), { statuses: [400] }, "a clean 400");
     } finally {
+      await dropWorld();
+    }
+  },
+});
+
+/**
+ * A user of their own with one device pairing on a live server of its own
+ * (room to spare, its lease a day ahead, no QR yet: `pending`, which a
+ * long-poll waits on), removed afterwards. Audit rows stay: the trail is append-only.
+ */
+async function pairingUser(tag: string) {
+  const db = await sql();
+  const user = await createUser(`${tag}-${crypto.randomUUID().slice(0, 8)}@example.test`);
+  const [server] = await db`
+    insert into public.backend_servers (server_name, is_active, is_healthy, current_load,
+                                        max_capacity, last_health_ping)
+    values (${`${tag}-server-${crypto.randomUUID()}`}, true, true, 1, 1000, now() + interval '1 day')
+    returning id`;
+  const [device] = await db`
+    insert into public.devices (user_id, device_name, status, assigned_server_id, assignment_epoch,
+                                assigned_at, connecting_since)
+    values (${user.id}, 'pairing phone', 'connecting', ${server.id}, 1, now(), now())
+    returning id`;
+  return {
+    deviceId: device.id as string,
+    token: await mintAccessToken(user.id),
+    drop: async () => {
+      await db`delete from auth.users where id = ${user.id}`;
+      await db`delete from public.backend_servers where id = ${server.id}`;
+    },
+  };
+}
+
+Deno.test({
+  name:
+    "a user's sixth concurrent long-poll is 429 with Retry-After; polls that ended free their slots",
+  fn: async () => {
+    await world();
+    const u = await pairingUser("long-polls");
+    try {
+      const poll = () =>
+        callFunction("get-device-qr", {
+          token: u.token,
+          query: `device_id=${u.deviceId}&wait=3`,
+        });
+      const answers = await Promise.all(Array.from({ length: 6 }, poll));
+      const refused = answers.filter((a) => a.status === 429);
+      assert.equal(refused.length, 1, answers.map((a) => a.status).join(" "));
+      await assertHostileAnswer(
+        refused[0],
+        { statuses: [429], code: "too_many_long_polls" },
+        "6th",
+      );
+      const retryAfter = Number(refused[0].headers.get("retry-after"));
+      assert.ok(retryAfter >= 1 && retryAfter <= 5, `Retry-After ${retryAfter}`);
+      for (const a of answers.filter((a) => a.status !== 429)) {
+        assert.equal(a.status, 200, a.text);
+        assert.equal(JSON.parse(a.text).status, "pending");
+      }
+      // Each poll ended its lease when it answered (left to lapse, they would
+      // refuse these for up to 5 s).
+      const again = await Promise.all(Array.from({ length: 5 }, poll));
+      assert.deepEqual(again.map((a) => a.status), [200, 200, 200, 200, 200]);
+    } finally {
+      await u.drop();
+      await dropWorld();
+    }
+  },
+});
+
+Deno.test({
+  name: "a device's 11th reassignment within the hour is 429 with Retry-After, whatever reset it",
+  fn: async () => {
+    await world();
+    const u = await pairingUser("budget");
+    try {
+      // Nine requests of the last hour, in the trail they are counted from (at the
+      // default 15 s cooldown, making them here would take minutes).
+      const db = await sql();
+      await db`
+        insert into public.device_assignment_events (device_id, epoch, reason, actor, caller, created_at)
+        select ${u.deviceId}, n, 'user_request', 'test', 'test', now() - interval '59 minutes' + n * interval '1 second'
+        from generate_series(1, 9) n`;
+      const reassign = () =>
+        callFunction("reassign-device", { token: u.token, json: { device_id: u.deviceId } });
+      const tenth = await reassign();
+      assert.equal(tenth.status, 200, tenth.text);
+      const eleventh = await reassign();
+      await assertHostileAnswer(
+        eleventh,
+        { statuses: [429], code: "reassignment_budget_exhausted" },
+        "11th reassignment",
+      );
+      const retryAfter = Number(eleventh.headers.get("retry-after"));
+      assert.ok(retryAfter >= 50 && retryAfter <= 70, `Retry-After ${retryAfter}`);
+    } finally {
+      await u.drop();
       await dropWorld();
     }
   },

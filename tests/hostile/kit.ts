@@ -101,15 +101,16 @@ async function buildWorld(): Promise<World> {
   };
 }
 
-/** Deletes the world's users (their devices cascade), its server and audit rows, and ends the pool. */
+/**
+ * Deletes the world's users (their devices cascade) and its server, and ends the pool.
+ * Its audit rows stay: the trail is append-only (the retention purge takes them).
+ */
 export async function dropWorld(): Promise<void> {
   const pending = worldPromise;
   worldPromise = null;
   if (pending) {
     const w = await pending;
     const db = await sql();
-    const ids = [w.alice.deviceId, w.mallory.deviceId, w.ghost.deviceId];
-    await db`delete from public.device_assignment_events where device_id = any(${ids}::uuid[])`;
     await db`delete from auth.users where id = any(${w.userIds}::uuid[])`;
     await db`delete from public.devices where user_id = any(${w.userIds}::uuid[])`;
     await db`delete from public.backend_servers

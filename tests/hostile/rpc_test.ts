@@ -4,7 +4,9 @@
  * `authenticated` (a user's token) and `service_role` (the secret key).
  *
  * - anon and authenticated never reach a server or operator RPC, whatever the
- *   arguments: 401 / 403 from PostgREST, and the world's rows stay as they were;
+ *   arguments: 401 / 403 from PostgREST, or for a user calling the server API
+ *   (which backend accounts, also `authenticated`, may execute) 403 `forbidden`
+ *   from its guard, and the world's rows stay as they were;
  * - hostile arguments are 4xx, never a 500, for every role;
  * - the internals are not reachable by any path (schema prefix, profile header,
  *   private function names), and the catalog agrees with what the calls show.
@@ -33,6 +35,7 @@ const SERVER_RPCS = [
   "report_device_status",
   "server_shutdown",
 ];
+const SESSION_RPCS = ["device_session_write", "device_session_read"];
 const OPERATOR_RPCS = ["reassign_devices", "run_assignment_maintenance", "assignment_health"];
 const ALL_RPCS = [...USER_RPCS, ...SERVER_RPCS, ...OPERATOR_RPCS];
 
@@ -191,21 +194,33 @@ worldTest(
   "anon and authenticated never reach a server or operator RPC, whatever the arguments",
   async (w) => {
     const before = await worldChecksum(w);
-    const calls: { role: Role; name: string; args: Record<string, unknown> }[] = [];
+    const calls: { role: Role; name: string; args: Record<string, unknown>; wellFormed?: true }[] =
+      [];
     // A migrated project's legacy keys are refused before any RPC runs.
     const roles: Role[] = w.stack.kind === "signing"
       ? ["anon", "authenticated"]
       : ["anon", "anon (legacy key)", "authenticated"];
     for (const role of roles) {
       for (const name of [...SERVER_RPCS, ...OPERATOR_RPCS]) {
-        calls.push({ role, name, args: wellFormedArgs(w, name) });
+        calls.push({ role, name, args: wellFormedArgs(w, name), wellFormed: true });
         for (const args of hostileArgSets(w, name)) calls.push({ role, name, args });
       }
     }
-    await inParallel(calls, 8, async ({ role, name, args }) => {
+    await inParallel(calls, 8, async ({ role, name, args, wellFormed }) => {
       const answer = await rpc(w, role, name, JSON.stringify(args));
+      const label = `${role} ${name} ${JSON.stringify(args)}`;
+      if (role === "authenticated" && SERVER_RPCS.includes(name)) {
+        // Granted (backend accounts are `authenticated`), so the guard answers;
+        // arguments PostgREST cannot even cast, or that the function checks
+        // before the fence, are 400 first.
+        await assertRpcAnswer(answer, [400, 403], label);
+        const body = JSON.parse(answer.text);
+        if (answer.status === 403) assert.equal(body.message, "forbidden", label);
+        if (wellFormed) assert.equal(answer.status, 403, label);
+        return;
+      }
       const refused = role === "authenticated" ? 403 : 401;
-      await assertRpcAnswer(answer, [refused], `${role} ${name} ${JSON.stringify(args)}`);
+      await assertRpcAnswer(answer, [refused], label);
       assert.equal(JSON.parse(answer.text).code, "42501", `${role} ${name}: ${answer.text}`);
     });
     assert.equal(await worldChecksum(w), before, "the world's rows changed");
@@ -403,7 +418,8 @@ worldTest("the internals are not reachable by any path, for any role", async (w)
     await assertRpcAnswer(answer, statuses, `${role} ${name} ${JSON.stringify(extra ?? {})}`);
   });
 
-  // The catalog agrees: anon may execute nothing of ours; authenticated only the user API.
+  // The catalog agrees: anon may execute nothing of ours; authenticated the user API,
+  // and the server API whose guard admits only backend accounts.
   const db = await sql();
   const grants = await db<{ schema: string; name: string; anon: boolean; authed: boolean }[]>`
     select n.nspname as schema, p.proname as name,
@@ -415,7 +431,7 @@ worldTest("the internals are not reachable by any path, for any role", async (w)
       and not exists (select from pg_depend d where d.objid = p.oid and d.deptype = 'e')`;
   assert.ok(grants.length >= ALL_RPCS.length, `catalog lists ${grants.length} functions`);
   assert.deepEqual(grants.filter((g) => g.anon).map((g) => `${g.schema}.${g.name}`), []);
-  const userApi = new Set(USER_RPCS);
+  const userApi = new Set([...USER_RPCS, "end_long_poll", ...SERVER_RPCS, ...SESSION_RPCS]);
   assert.deepEqual(
     grants.filter((g) => g.authed && !userApi.has(g.name)).map((g) => `${g.schema}.${g.name}`),
     [],

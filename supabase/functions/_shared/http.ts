@@ -17,6 +17,8 @@ export const ERROR_STATUS = {
   payload_too_large: 413,
   cooldown: 429,
   rate_limited: 429,
+  too_many_long_polls: 429,
+  reassignment_budget_exhausted: 429,
   no_active_servers: 503,
   database_unavailable: 503,
   // Not the caller's fault: the function itself is misconfigured or hit a bug.

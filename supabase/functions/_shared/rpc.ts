@@ -75,6 +75,16 @@ const SQL_REFUSALS: Record<string, { code: ErrorCode; message: string }> = {
     code: "rate_limited",
     message: "Too many pairing-code requests this hour; retry after the Retry-After delay.",
   },
+  too_many_long_polls: {
+    code: "too_many_long_polls",
+    message:
+      "You already have as many long-polls waiting as allowed; retry after the Retry-After delay.",
+  },
+  reassignment_budget_exhausted: {
+    code: "reassignment_budget_exhausted",
+    message:
+      "This device was reassigned on request as often as allowed this hour; retry after the Retry-After delay.",
+  },
   no_active_servers: {
     code: "no_active_servers",
     message: "No backend server is live right now; the device will be picked up as soon as one is.",

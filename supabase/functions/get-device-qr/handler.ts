@@ -3,8 +3,9 @@
  * The SQL function `get_device_qr` decides everything (fresh or not, stale or
  * orphaned, reassign now or not); this handler validates, authorizes, makes
  * that one call, and renders the answer. With `wait`, it repeats the call
- * until the answer changes. A POST with `pairing_phone` first asks for a
- * pairing code (`request_pairing_code`), then answers the same way.
+ * until the answer changes; each repeat names the poll (`p_wait_id`), so the
+ * SQL bounds how many polls one user runs at once. A POST with `pairing_phone`
+ * first asks for a pairing code (`request_pairing_code`), then answers the same way.
  */
 import { z } from "zod";
 import type { Authenticate } from "../_shared/auth.ts";
@@ -72,7 +73,7 @@ const SqlQrState = z.object({
   reason: z.string().nullish(),
   reassigned: z.boolean().nullish(),
   retry_after_ms: z.number().nullish(),
-  last_error: z.string().nullish(),
+  last_error_code: z.string().nullish(),
   pairing_code: z.object({ code: z.string(), expires_at: z.string() }).nullish(),
 });
 type SqlQrState = z.infer<typeof SqlQrState>;
@@ -118,29 +119,45 @@ export function createGetDeviceQrHandler(
         }, request.signal);
       }
 
-      const check = () => readState(caller.rpc, input.device_id, request.signal);
-      const first = await check();
-      // A request for a code waits for the code; any other call for what the client lacks.
-      const { state } = await pollUntilChanged({
-        check,
-        first,
-        answerNow: input.pairing_phone
-          ? (s) => !WAITABLE.has(s.status) || s.pairing_code != null
-          : (s) => !WAITABLE.has(s.status) || isNewToClient(s, input.since),
-        key: input.pairing_phone ? pairingKey : stateKey,
-        waitMs: input.wait * 1000,
-        clock,
-        signal: request.signal,
-      });
-      return await render(responder, deps.images, state, input.format);
+      // The first check answers at once more often than not and holds nothing;
+      // only the re-checks of a poll that waits hold its lease, ended below.
+      const waitId = crypto.randomUUID();
+      let holdsLease = false;
+      const first = await readState(caller.rpc, input.device_id, request.signal);
+      try {
+        // A request for a code waits for the code; any other call for what the client lacks.
+        const { state } = await pollUntilChanged({
+          check: () => {
+            holdsLease = true;
+            return readState(caller.rpc, input.device_id, request.signal, waitId);
+          },
+          first,
+          answerNow: input.pairing_phone
+            ? (s) => !WAITABLE.has(s.status) || s.pairing_code != null
+            : (s) => !WAITABLE.has(s.status) || isNewToClient(s, input.since),
+          key: input.pairing_phone ? pairingKey : stateKey,
+          waitMs: input.wait * 1000,
+          clock,
+          signal: request.signal,
+        });
+        return await render(responder, deps.images, state, input.format);
+      } finally {
+        if (holdsLease) await endLongPoll(caller.rpc, waitId, log);
+      }
     } catch (error) {
       return errorToResponse(responder, error, log);
     }
   };
 }
 
-async function readState(rpc: Rpc, deviceId: string, signal: AbortSignal): Promise<SqlQrState> {
-  const data = await rpc("get_device_qr", { p_device_id: deviceId }, signal);
+async function readState(
+  rpc: Rpc,
+  deviceId: string,
+  signal: AbortSignal,
+  waitId?: string,
+): Promise<SqlQrState> {
+  const args = waitId ? { p_device_id: deviceId, p_wait_id: waitId } : { p_device_id: deviceId };
+  const data = await rpc("get_device_qr", args, signal);
   const parsed = SqlQrState.safeParse(data);
   if (!parsed.success) {
     console.log(
@@ -149,6 +166,23 @@ async function readState(rpc: Rpc, deviceId: string, signal: AbortSignal): Promi
     throw new ApiError("internal_error", "The database answered in an unexpected shape.");
   }
   return parsed.data;
+}
+
+/**
+ * Frees the poll's slot now rather than when its lease lapses, so a client
+ * that polls again at once does not count twice. Best effort, even for a
+ * client that went away: a lease that stays lapses within seconds.
+ */
+async function endLongPoll(
+  rpc: Rpc,
+  waitId: string,
+  log: (line: Record<string, unknown>) => void,
+): Promise<void> {
+  try {
+    await rpc("end_long_poll", { p_wait_id: waitId });
+  } catch (error) {
+    log({ level: "warn", event: "end_long_poll_failed", code: (error as ApiError).code ?? null });
+  }
 }
 
 /** A fresh QR the client does not hold yet (its `since` names another, or none). */
@@ -222,7 +256,7 @@ async function qrBody(images: QrImages, state: SqlQrState) {
     reason: state.reason ?? null,
     reassigned: state.reassigned ?? false,
     retry_after_ms: state.retry_after_ms ?? null,
-    last_error: state.last_error ?? null,
+    last_error_code: state.last_error_code ?? null,
     pairing_code: state.pairing_code ?? null,
   };
 }

@@ -12,23 +12,25 @@ where n.nspname = 'public'
     'claim_devices', 'publish_device_qr', 'report_device_status', 'server_shutdown',
     'reassign_devices', 'run_assignment_maintenance', 'assignment_health',
     'device_session_write', 'device_session_read', 'request_pairing_code',
-    'publish_device_pairing_code');
+    'publish_device_pairing_code', 'set_backend_server_enabled', 'end_long_poll');
 
-select is((select count(*)::int from api_functions), 14, 'the fourteen API functions exist in public');
+select is((select count(*)::int from api_functions), 16, 'the sixteen API functions exist in public');
 select is(
   (select count(*)::int from api_functions where has_function_privilege('anon', oid, 'execute')),
   0, 'anon executes none of them');
 select is(
   (select array_agg(proname::text order by proname) from api_functions
     where has_function_privilege('authenticated', oid, 'execute')),
-  array['get_device_qr', 'request_device_reassignment', 'request_pairing_code'],
-  'authenticated executes only the user API');
+  array['claim_devices', 'device_session_read', 'device_session_write', 'end_long_poll', 'get_device_qr',
+        'publish_device_pairing_code', 'publish_device_qr', 'report_device_status',
+        'request_device_reassignment', 'request_pairing_code', 'server_heartbeat', 'server_shutdown'],
+  'authenticated executes the user API, and the server API for backend accounts (08 tests its guard)');
 select is(
   (select array_agg(proname::text order by proname) from api_functions
     where has_function_privilege('service_role', oid, 'execute')),
   array['assignment_health', 'claim_devices', 'device_session_read', 'device_session_write',
-        'publish_device_pairing_code', 'publish_device_qr', 'reassign_devices', 'report_device_status', 'run_assignment_maintenance',
-        'server_heartbeat', 'server_shutdown'],
+        'publish_device_pairing_code', 'publish_device_qr', 'reassign_devices', 'report_device_status',
+        'run_assignment_maintenance', 'server_heartbeat', 'server_shutdown', 'set_backend_server_enabled'],
   'service_role executes the server and operator API');
 select is(
   (select count(*)::int from pg_proc p join pg_namespace n on n.oid = p.pronamespace
@@ -49,8 +51,10 @@ select is(
   (select array_agg(p.proname::text order by p.proname) from pg_proc p
      join pg_namespace n on n.oid = p.pronamespace
     where n.nspname = 'device_assignment' and has_function_privilege('authenticated', p.oid, 'execute')),
-  array['get_device_qr', 'request_device_reassignment', 'request_pairing_code'],
-  'authenticated executes only the user entry points of the internals');
+  array['claim_devices', 'device_session_read', 'device_session_write', 'end_long_poll', 'get_device_qr',
+        'publish_device_pairing_code', 'publish_device_qr', 'report_device_status',
+        'request_device_reassignment', 'request_pairing_code', 'server_heartbeat', 'server_shutdown'],
+  'authenticated executes only the user and server entry points of the internals');
 
 set local role anon;
 select throws_ok($$select public.get_device_qr(gen_random_uuid())$$, '42501', null,

@@ -50,7 +50,7 @@ select is(public.get_device_qr('d0000000-0000-4000-8000-000000000006') ->> 'stat
 
 -- An orphan is moved to a live server in the same call.
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000004') - 'retry_after_ms' - 'server'
-            - 'device_id' - 'qr' - 'last_error' - 'device_status',
+            - 'device_id' - 'qr' - 'last_error_code' - 'device_status',
   '{"status":"pending","reason":"reassigned_from_inactive_server","reassigned":true,"epoch":8,
     "pairing_code":null}'::jsonb,
   'a device on a dead server is reassigned inside get_device_qr, epoch bumped');

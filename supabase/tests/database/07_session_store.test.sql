@@ -26,7 +26,8 @@ select is(
   (select array_agg(r order by r) from unnest(array['anon', 'authenticated', 'service_role']) r
     where has_function_privilege(r, 'public.device_session_write(uuid, uuid, bigint, jsonb)', 'execute')
        or has_function_privilege(r, 'public.device_session_read(uuid, uuid, bigint, text, text[])', 'execute')),
-  array['service_role'], 'only service_role executes the session store''s functions');
+  array['authenticated', 'service_role'],
+  'anon never executes the session store''s functions (users are turned away by the guard, below)');
 select is(
   (select count(*)::int from unnest(array['anon', 'authenticated', 'service_role']) r
     where has_table_privilege(r, 'device_assignment.device_sessions', 'select, insert, update, delete')),
@@ -40,11 +41,13 @@ reset role;
 set local role authenticated;
 select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
 select throws_ok($$select public.device_session_write('d0000000-0000-4000-8000-000000000001',
-  '5e000000-0000-4000-8000-00000000000a', 7, '[]')$$, '42501', null,
+  '5e000000-0000-4000-8000-00000000000a', 7, '[]')$$, 'PT403', 'forbidden',
   'the device''s own user cannot write its session');
 select throws_ok($$select * from device_assignment.device_sessions$$, '42501', null,
   'the device''s own user cannot select the session table');
+-- A user's claims end with their role: the server API below runs as a database session.
 reset role;
+select set_config('request.jwt.claims', '', true);
 
 -- Fenced writes and reads -------------------------------------------------------------------
 select is(public.device_session_write('d0000000-0000-4000-8000-000000000001',
@@ -98,9 +101,11 @@ update public.backend_servers set last_health_ping = now() - interval '1 hour'
  where server_name = 'server-a';
 update public.backend_servers set last_health_ping = now() where server_name = 'server-b';
 set local role authenticated;
+select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000001') ->> 'status', 'reconnecting',
   'get-device-qr never answers connected for a session nobody holds: it hands it over, reconnecting');
 reset role;
+select set_config('request.jwt.claims', '', true);
 select ok((select status = 'reconnecting' and assigned_server_id = '5e000000-0000-4000-8000-00000000000b'
                   and assignment_epoch = 8
              from public.devices where id = 'd0000000-0000-4000-8000-000000000001'),
@@ -129,9 +134,11 @@ select is(public.report_device_status('d0000000-0000-4000-8000-000000000001',
   '5e000000-0000-4000-8000-00000000000b', 8, 'connected') ->> 'status', 'connected',
   'the resuming server reports connected');
 set local role authenticated;
+select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000001') ->> 'status', 'connected',
   'the owner sees the device connected again, no QR');
 reset role;
+select set_config('request.jwt.claims', '', true);
 
 -- A backend that cannot resume pairs afresh: its QR ends the resume and the session.
 update public.devices set status = 'reconnecting' where id = 'd0000000-0000-4000-8000-000000000001';
@@ -181,12 +188,14 @@ select ok((select status = 'reconnecting' and assigned_server_id is null
              from public.devices where id = 'd0000000-0000-4000-8000-000000000003'),
   'and waits, reconnecting, for the next server');
 set local role authenticated;
+select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000003') - 'device_id' - 'epoch'
-            - 'last_error' - 'server' - 'qr',
+            - 'last_error_code' - 'server' - 'qr',
   '{"status": "reconnecting", "device_status": "reconnecting", "reason": "no_active_servers",
     "reassigned": false, "retry_after_ms": 5000, "pairing_code": null}'::jsonb,
   'get-device-qr says why, and when to ask again');
 reset role;
+select set_config('request.jwt.claims', '', true);
 
 -- The audit trail and deletion -------------------------------------------------------------------
 select is((select count(*)::int from public.device_assignment_events e where to_jsonb(e)::text like '%SECRET%'),

@@ -1,0 +1,257 @@
+-- Least privilege: backend accounts act only as their own server, operators
+-- disable servers, the audit trail is append-only and names its caller, and
+-- one user's long-polls and reassignments are bounded.
+begin;
+\ir reset_fleet.psql
+select plan(53);
+
+-- Claims as PostgREST sets them: two backend accounts, their owner-user, and a
+-- user who put a server name where users may write (user_metadata).
+\set srv_a '{"role":"authenticated","sub":"b0000000-0000-4000-8000-00000000000a","app_metadata":{"device_backend":"srv-a"}}'
+\set srv_b '{"role":"authenticated","sub":"b0000000-0000-4000-8000-00000000000b","app_metadata":{"device_backend":"srv-b"}}'
+\set owner '{"role":"authenticated","sub":"a0000000-0000-4000-8000-000000000001"}'
+\set forger '{"role":"authenticated","sub":"a0000000-0000-4000-8000-000000000001","user_metadata":{"device_backend":"srv-a"}}'
+\set operator '{"role":"service_role"}'
+
+insert into auth.users (id, email) values
+  ('a0000000-0000-4000-8000-000000000001', 'owner@example.com'),
+  ('b0000000-0000-4000-8000-00000000000a', 'srv-a@backend.example.com'),
+  ('b0000000-0000-4000-8000-00000000000b', 'srv-b@backend.example.com');
+insert into public.backend_servers (id, server_name, last_health_ping) values
+  ('5e000000-0000-4000-8000-00000000000a', 'srv-a', now()),
+  ('5e000000-0000-4000-8000-00000000000b', 'srv-b', now()),
+  ('5e000000-0000-4000-8000-0000000000de', 'dead', now() - interval '1 hour');
+insert into public.devices (id, user_id, device_name, status, assigned_server_id, assignment_epoch,
+                            connecting_since)
+values
+  -- d1: pairing on srv-b, the device srv-a must not touch.
+  ('d0000000-0000-4000-8000-000000000001', 'a0000000-0000-4000-8000-000000000001', 'b pairing',
+   'connecting', '5e000000-0000-4000-8000-00000000000b', 3, now()),
+  -- d2, d3: pairing and linked on srv-a, moved when srv-a is disabled.
+  ('d0000000-0000-4000-8000-000000000002', 'a0000000-0000-4000-8000-000000000001', 'a pairing',
+   'connecting', '5e000000-0000-4000-8000-00000000000a', 5, now()),
+  ('d0000000-0000-4000-8000-000000000003', 'a0000000-0000-4000-8000-000000000001', 'a linked',
+   'connected', '5e000000-0000-4000-8000-00000000000a', 2, null),
+  -- d4: the device its owner keeps reassigning.
+  ('d0000000-0000-4000-8000-000000000004', 'a0000000-0000-4000-8000-000000000001', 'restless',
+   'connecting', '5e000000-0000-4000-8000-00000000000b', 1, now());
+
+-- Backend accounts -------------------------------------------------------------------------
+set local role authenticated;
+select set_config('request.jwt.claims', :'srv_a', true);
+select is(public.server_heartbeat('srv-a', 1, 10, '{}') ->> 'server_id',
+  '5e000000-0000-4000-8000-00000000000a', 'a backend account heartbeats under its own name');
+select throws_ok($$select public.server_heartbeat('srv-b', 0, 1, '{}')$$, 'PT403', 'forbidden',
+  'a backend account cannot heartbeat under another server''s name');
+select throws_ok($$select public.server_heartbeat('sinkhole', 0, null, '{}')$$, 'PT403', 'forbidden',
+  'a backend account cannot register a server of its own invention');
+select throws_ok($$select * from public.claim_devices('5e000000-0000-4000-8000-00000000000b', 10)$$,
+  'PT403', 'forbidden', 'claim_devices refuses another server''s p_server_id');
+select throws_ok($$select public.publish_device_qr('d0000000-0000-4000-8000-000000000001',
+    '5e000000-0000-4000-8000-00000000000b', 3, 'evil-qr', now() + interval '1 minute')$$,
+  'PT403', 'forbidden', 'publish_device_qr refuses another server''s p_server_id');
+select throws_ok($$select public.report_device_status('d0000000-0000-4000-8000-000000000001',
+    '5e000000-0000-4000-8000-00000000000b', 3, 'error', 'x')$$,
+  'PT403', 'forbidden', 'report_device_status refuses another server''s p_server_id');
+select throws_ok($$select public.device_session_write('d0000000-0000-4000-8000-000000000001',
+    '5e000000-0000-4000-8000-00000000000b', 3, '[{"type":"creds","id":"creds","value":"evil"}]')$$,
+  'PT403', 'forbidden', 'device_session_write refuses another server''s p_server_id');
+select throws_ok($$select public.device_session_read('d0000000-0000-4000-8000-000000000001',
+    '5e000000-0000-4000-8000-00000000000b', 3, 'creds', null)$$,
+  'PT403', 'forbidden', 'device_session_read refuses another server''s p_server_id');
+select throws_ok($$select public.server_shutdown('5e000000-0000-4000-8000-00000000000b')$$,
+  'PT403', 'forbidden', 'server_shutdown refuses another server''s p_server_id');
+select throws_ok($$select * from public.claim_devices('5e000000-0000-4000-8000-0000000000ff', 10)$$,
+  'PT403', 'forbidden', 'an unknown p_server_id is forbidden too, not a hint that it is free');
+select lives_ok($$select * from public.claim_devices('5e000000-0000-4000-8000-00000000000a', 10)$$,
+  'a backend account claims as its own server');
+select set_config('request.jwt.claims', :'srv_b', true);
+select is(public.publish_device_qr('d0000000-0000-4000-8000-000000000001',
+    '5e000000-0000-4000-8000-00000000000b', 3, 'qr-b', now() + interval '1 minute') ->> 'accepted', 'true',
+  'the device''s own server publishes its QR');
+
+-- Who else is turned away.
+select set_config('request.jwt.claims', :'owner', true);
+select throws_ok($$select public.server_heartbeat('srv-a', 0, null, '{}')$$, 'PT403', 'forbidden',
+  'a signed-in user without a backend claim cannot heartbeat');
+select throws_ok($$select * from public.claim_devices('5e000000-0000-4000-8000-00000000000a', 10)$$,
+  'PT403', 'forbidden', 'a signed-in user cannot claim devices');
+select set_config('request.jwt.claims', :'forger', true);
+select throws_ok($$select public.server_heartbeat('srv-a', 0, null, '{}')$$, 'PT403', 'forbidden',
+  'a server name in user_metadata (which users write) makes no backend account');
+select throws_ok($$select public.set_backend_server_enabled('srv-b', false)$$, '42501', null,
+  'a user cannot disable a server');
+select set_config('request.jwt.claims', :'srv_a', true);
+select throws_ok($$select public.set_backend_server_enabled('srv-b', false)$$, '42501', null,
+  'a backend account cannot disable a server');
+reset role;
+set local role anon;
+select set_config('request.jwt.claims', '{"role":"anon"}', true);
+select throws_ok($$select public.server_heartbeat('srv-a', 0, null, '{}')$$, '42501', null,
+  'anon cannot call the server API');
+reset role;
+
+-- The caller recorded in the audit trail --------------------------------------------------------
+select set_config('request.jwt.claims', '', true);
+update public.devices set assigned_server_id = null where id = 'd0000000-0000-4000-8000-000000000004';
+set local role authenticated;
+select set_config('request.jwt.claims', :'srv_a', true);
+select is((select count(*)::int from public.claim_devices('5e000000-0000-4000-8000-00000000000a', 10) where claimed),
+  1, 'srv-a claims the unassigned device');
+reset role;
+select set_config('request.jwt.claims', '', true);
+select is((select caller from public.device_assignment_events
+            where device_id = 'd0000000-0000-4000-8000-000000000004' and reason = 'claimed'),
+  'server:srv-a', 'a claim is recorded with the backend account that made it');
+
+-- A reassignment budget the user cannot reset -----------------------------------------------------
+update public.assignment_settings set reassign_cooldown = '0 seconds';
+set local role authenticated;
+select set_config('request.jwt.claims', :'owner', true);
+do $$
+begin
+  for i in 1..10 loop
+    perform public.request_device_reassignment('d0000000-0000-4000-8000-000000000004');
+  end loop;
+end
+$$;
+select is((select reassign_count from public.devices where id = 'd0000000-0000-4000-8000-000000000004'), 0,
+  'each request resets reassign_count, so it cannot be the budget');
+select throws_ok($$select public.request_device_reassignment('d0000000-0000-4000-8000-000000000004')$$,
+  'PT429', 'reassignment_budget_exhausted', 'the 11th reassignment within the hour is refused');
+reset role;
+select set_config('request.jwt.claims', '', true);
+select is((select count(*)::int from public.device_assignment_events
+            where device_id = 'd0000000-0000-4000-8000-000000000004' and reason = 'user_request'
+              and caller = 'user:a0000000-0000-4000-8000-000000000001'),
+  10, 'each reassignment is recorded with the user who asked');
+
+-- At most long_polls_per_user concurrent long-polls -------------------------------------------------
+set local role authenticated;
+select set_config('request.jwt.claims', :'owner', true);
+select lives_ok($$
+  select public.get_device_qr('d0000000-0000-4000-8000-000000000001', w)
+  from (values ('e0000000-0000-4000-8000-000000000001'::uuid), ('e0000000-0000-4000-8000-000000000002'),
+               ('e0000000-0000-4000-8000-000000000003'), ('e0000000-0000-4000-8000-000000000004'),
+               ('e0000000-0000-4000-8000-000000000005')) v(w)$$,
+  'five concurrent long-polls are allowed');
+select throws_ok($$select public.get_device_qr('d0000000-0000-4000-8000-000000000001',
+    'e0000000-0000-4000-8000-000000000006')$$,
+  'PT429', 'too_many_long_polls', 'a sixth concurrent long-poll is refused');
+select lives_ok($$select public.get_device_qr('d0000000-0000-4000-8000-000000000001',
+    'e0000000-0000-4000-8000-000000000003')$$,
+  'a long-poll that holds a lease keeps re-checking');
+select lives_ok($$select public.get_device_qr('d0000000-0000-4000-8000-000000000001')$$,
+  'a request that does not wait holds no lease');
+select public.end_long_poll('e0000000-0000-4000-8000-000000000002');
+select lives_ok($$select public.get_device_qr('d0000000-0000-4000-8000-000000000001',
+    'e0000000-0000-4000-8000-000000000007')$$,
+  'a long-poll that ended frees its slot at once');
+reset role;
+select set_config('request.jwt.claims', '', true);
+update device_assignment.long_poll_leases set expires_at = now() - interval '1 second'
+ where wait_id = 'e0000000-0000-4000-8000-000000000001';
+set local role authenticated;
+select set_config('request.jwt.claims', :'owner', true);
+select lives_ok($$select public.get_device_qr('d0000000-0000-4000-8000-000000000001',
+    'e0000000-0000-4000-8000-000000000006')$$,
+  'a long-poll that stopped re-checking frees its slot when its lease lapses');
+reset role;
+select set_config('request.jwt.claims', '', true);
+select is((select count(*)::int from device_assignment.long_poll_leases
+            where user_id = 'a0000000-0000-4000-8000-000000000001'),
+  5, 'the user holds five leases');
+
+-- Users get an error code, operators the text ---------------------------------------------------------
+set local role authenticated;
+select set_config('request.jwt.claims', :'srv_b', true);
+select is(public.report_device_status('d0000000-0000-4000-8000-000000000001',
+    '5e000000-0000-4000-8000-00000000000b', 3, 'qr_timeout', 'socket to 10.0.0.7:5222 reset') ->> 'status',
+  'qr_timeout', 'the server reports a timeout with its own text');
+select set_config('request.jwt.claims', :'owner', true);
+select is(public.get_device_qr('d0000000-0000-4000-8000-000000000001') ->> 'last_error_code', 'qr_timeout',
+  'the user gets the error''s code');
+select unalike(public.get_device_qr('d0000000-0000-4000-8000-000000000001')::text, '%10.0.0.7%',
+  'and never the server''s text');
+reset role;
+select set_config('request.jwt.claims', '', true);
+select ok(public.assignment_health() -> 'device_errors' @> '[{"last_error": "socket to 10.0.0.7:5222 reset"}]',
+  'operators read the text in assignment_health');
+
+-- Disabling a server ---------------------------------------------------------------------------------
+set local role service_role;
+select set_config('request.jwt.claims', :'operator', true);
+select is(public.set_backend_server_enabled('srv-a', false) - 'server_id',
+  '{"server": "srv-a", "enabled": false, "devices_moved": 3}'::jsonb,
+  'an operator disables srv-a, and its three devices move at once');
+reset role;
+select set_config('request.jwt.claims', '', true);
+select is((select count(*)::int from public.devices where assigned_server_id = '5e000000-0000-4000-8000-00000000000a'),
+  0, 'no device is left on the disabled server');
+select is((select array_agg(distinct caller) from public.device_assignment_events
+            where from_server_id = '5e000000-0000-4000-8000-00000000000a'
+              and reason in ('server_inactive', 'session_failover')),
+  array['operator'], 'the moves are recorded with the operator');
+select is((select status from public.devices where id = 'd0000000-0000-4000-8000-000000000003'),
+  'connecting', 'its linked device without a stored session fails over to pairing');
+
+set local role authenticated;
+select set_config('request.jwt.claims', :'srv_a', true);
+select throws_ok($$select public.server_heartbeat('srv-a', 0, 10, '{}')$$, 'PT403', 'server_disabled',
+  'a disabled server cannot heartbeat itself back');
+select throws_ok($$select * from public.claim_devices('5e000000-0000-4000-8000-00000000000a', 10)$$,
+  'PT409', 'server_not_live', 'a disabled server''s claim is server_not_live');
+select throws_ok($$select public.report_device_status('d0000000-0000-4000-8000-000000000002',
+    '5e000000-0000-4000-8000-00000000000a', 5, 'error', 'late')$$,
+  'PT409', 'server_not_live', 'a disabled server''s late report is server_not_live');
+select throws_ok($$select public.device_session_read('d0000000-0000-4000-8000-000000000003',
+    '5e000000-0000-4000-8000-00000000000a', 2, 'creds', null)$$,
+  'PT409', 'server_not_live', 'a disabled server''s session read is server_not_live');
+reset role;
+select set_config('request.jwt.claims', '', true);
+
+update public.backend_servers set is_active = true, last_health_ping = now() where server_name = 'srv-a';
+select ok(not exists (select from device_assignment.live_servers where server_name = 'srv-a'),
+  'a disabled server is never live, whatever its heartbeat columns say');
+select is(public.set_backend_server_enabled('srv-new', false) - 'server_id',
+  '{"server": "srv-new", "enabled": false, "devices_moved": 0}'::jsonb,
+  'an operator may disable a name before its server ever starts');
+select is(public.set_backend_server_enabled('srv-a', true) ->> 'enabled', 'true', 'and enable a server again');
+set local role authenticated;
+select set_config('request.jwt.claims', :'srv_a', true);
+select lives_ok($$select public.server_heartbeat('srv-a', 0, 10, '{}')$$,
+  'an enabled server heartbeats again');
+reset role;
+select set_config('request.jwt.claims', '', true);
+
+-- Maintenance is `system` -----------------------------------------------------------------------------
+update public.devices set assigned_server_id = '5e000000-0000-4000-8000-0000000000de', reassign_count = 0,
+                          last_reassigned_at = null
+ where id = 'd0000000-0000-4000-8000-000000000002';
+select public.run_assignment_maintenance();
+select is((select caller from public.device_assignment_events
+            where device_id = 'd0000000-0000-4000-8000-000000000002'
+              and from_server_id = '5e000000-0000-4000-8000-0000000000de'),
+  'system', 'a heal by pg_cron or a database session is recorded as system');
+
+-- The audit trail is append-only ----------------------------------------------------------------------
+set local role service_role;
+select set_config('request.jwt.claims', :'operator', true);
+select throws_ok($$delete from public.device_assignment_events$$, '42501', null,
+  'service_role cannot delete audit rows');
+select throws_ok($$update public.device_assignment_events set actor = 'nobody'$$, '42501', null,
+  'service_role cannot rewrite audit rows');
+select throws_ok($$insert into public.device_assignment_events (device_id, epoch, reason, actor)
+    values (gen_random_uuid(), 1, 'operator', 'forged')$$, '42501', null,
+  'service_role cannot forge audit rows');
+select throws_ok($$truncate public.device_assignment_events$$, '42501', null,
+  'service_role cannot truncate the audit trail');
+reset role;
+select set_config('request.jwt.claims', '', true);
+select throws_ok($$delete from public.device_assignment_events$$, 'PT403', 'audit_append_only',
+  'even the table''s owner cannot delete audit rows outside the retention purge');
+select throws_ok($$update public.device_assignment_events set actor = 'nobody'$$, 'PT403', 'audit_append_only',
+  'even the table''s owner cannot rewrite audit rows');
+
+select * from finish();
+rollback;
