@@ -11,7 +11,7 @@
  * database). An observer reads the devices table every 200 ms; it never heals.
  */
 import { mintAccessToken } from "../local/gateway/jwt.ts";
-import { JWT_SECRET, loadSigningKeys, SECRET_KEY } from "../local/gateway/keys.ts";
+import { JWT_SECRET, loadSigningKeys, PUBLISHABLE_KEY, SECRET_KEY } from "../local/gateway/keys.ts";
 import { Fleet } from "../worker/fleet.ts";
 import { startBenchGateway } from "./lib/gateway.ts";
 import {
@@ -105,6 +105,7 @@ async function oneRun(
     env: {
       SUPABASE_URL: gatewayUrl,
       SUPABASE_SECRET_KEY: SECRET_KEY,
+      SUPABASE_PUBLISHABLE_KEY: PUBLISHABLE_KEY,
       PATH: Deno.env.get("PATH") ?? "",
       HOME: Deno.env.get("HOME") ?? "",
       WORKER_POLL_MS: String(POLL_MS),

@@ -12,7 +12,7 @@
  * resumes from the store (device_session_read of `creds`) and reports
  * `connected`. An observer reads the devices table every 200 ms; it never heals.
  */
-import { SECRET_KEY } from "../local/gateway/keys.ts";
+import { PUBLISHABLE_KEY, SECRET_KEY } from "../local/gateway/keys.ts";
 import { Fleet } from "../worker/fleet.ts";
 import { startBenchGateway } from "./lib/gateway.ts";
 import {
@@ -98,6 +98,7 @@ async function oneRun(
     env: {
       SUPABASE_URL: gatewayUrl,
       SUPABASE_SECRET_KEY: SECRET_KEY,
+      SUPABASE_PUBLISHABLE_KEY: PUBLISHABLE_KEY,
       PATH: Deno.env.get("PATH") ?? "",
       HOME: Deno.env.get("HOME") ?? "",
       WORKER_POLL_MS: String(POLL_MS),

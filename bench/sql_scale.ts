@@ -103,7 +103,8 @@ export async function generateDevices(sql: Sql, n: number): Promise<number> {
   const started = performance.now();
   const users = Math.max(100, Math.floor(n / 10));
   await sql.unsafe(`
-    truncate public.device_assignment_events, device_assignment.device_sessions, public.devices,
+    truncate public.device_assignment_events, device_assignment.device_sessions,
+      device_assignment.pairing_requests, public.devices,
       public.bench_orphan_pool;
     insert into auth.users (id, aud, role, email, created_at, updated_at)
     select ${uuidOf("user", "i")}, 'authenticated', 'authenticated',

@@ -19,6 +19,7 @@
  */
 import { createClient } from "@supabase/supabase-js";
 import { localEnvFile, readEnvFile } from "../worker/env.ts";
+import { BackendAccountError, backendEmail, createBackendAccount } from "./backend_accounts.ts";
 
 export interface CliIo {
   env: (name: string) => string | undefined;
@@ -224,31 +225,6 @@ export async function run(args: string[], io: CliIo): Promise<number> {
 
 // --- backend server accounts ---------------------------------------------------------
 
-/**
- * The login of a server's account. Only `app_metadata.device_backend` says
- * which server an account is; the email is a handle, in the reserved
- * `.invalid` domain so that Auth never mails anyone. A name that is not a
- * plain lower-case local part is replaced by a digest of itself, since Auth
- * lower-cases emails and two names must never share one.
- */
-export async function backendEmail(name: string): Promise<string> {
-  if (/^[a-z0-9](?:[a-z0-9_-]|\.(?!\.)){0,62}[a-z0-9]?$/.test(name) && !name.endsWith(".")) {
-    return `${name}@backend.invalid`;
-  }
-  const digest = new Uint8Array(
-    await crypto.subtle.digest("SHA-256", new TextEncoder().encode(name)),
-  );
-  const hex = Array.from(digest.slice(0, 10), (b) => b.toString(16).padStart(2, "0")).join("");
-  return `server-${hex}@backend.invalid`;
-}
-
-/** 32 random bytes, base64url: 256 bits, within bcrypt's 72-byte limit. */
-function strongPassword(): string {
-  const bytes = crypto.getRandomValues(new Uint8Array(32));
-  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_")
-    .replace(/=+$/, "");
-}
-
 async function serverCommand(
   command: Extract<Command, { verb: "server" }>,
   where: Target,
@@ -262,29 +238,28 @@ async function serverCommand(
   let account: Record<string, unknown> = {};
 
   if (command.action === "add") {
-    const email = await backendEmail(name);
-    const password = strongPassword();
-    const { data, error } = await supabase.auth.admin.createUser({
-      email,
-      password,
-      email_confirm: true,
-      app_metadata: { device_backend: name },
-    });
-    if (error) {
+    let created;
+    try {
+      created = await createBackendAccount(supabase, name);
+    } catch (error) {
+      if (!(error instanceof BackendAccountError)) throw error;
       io.err(
-        `operator: cannot create the account of ${name}: ${error.status ?? ""} ${
-          error.code ?? "error"
-        }: ${error.message}`,
+        `operator: cannot create the account of ${name}: ${
+          error.status ?? ""
+        } ${error.code}: ${error.message}`,
       );
       if (error.code === "email_exists") {
         io.err(
-          `hint: ${name} already has an account (${email}); its password was shown when it was added. ` +
+          `hint: ${name} already has an account (${await backendEmail(
+            name,
+          )}); its password was shown when it was added. ` +
             "Use `server enable` to let it back, or reset its password in the dashboard (Authentication → Users).",
         );
       }
       return 1;
     }
-    account = { user_id: data.user.id, email, password };
+    const { userId, email, password } = created;
+    account = { user_id: userId, email, password };
     // Printed before enabling, so the credentials are not lost if that fails.
     const key = where.publishableKey;
     const env = [
@@ -296,7 +271,7 @@ async function serverCommand(
     ];
     if (!command.json) {
       io.out(
-        `Created the Auth account of backend server ${name} (user ${data.user.id}).\n` +
+        `Created the Auth account of backend server ${name} (user ${userId}).\n` +
           "Its password is shown only now: put these lines in the server's secrets.\n\n" +
           env.join("\n") + "\n",
       );

@@ -57,6 +57,7 @@ export function workerEnv(): Record<string, string> {
   const env: Record<string, string> = {
     SUPABASE_URL: stack.url,
     SUPABASE_SECRET_KEY: stack.secretKey,
+    ...(stack.publishableKey ? { SUPABASE_PUBLISHABLE_KEY: stack.publishableKey } : {}),
     PATH: Deno.env.get("PATH") ?? "",
     HOME: Deno.env.get("HOME") ?? "",
   };

@@ -7,10 +7,16 @@
  * `add`, `scan`, and `events` / `waitFor` to observe the workers. Its HTTP
  * control is fleet_control.ts; the program with a command line, fleet_cli.ts.
  */
+import { createClient, type SupabaseClient } from "@supabase/supabase-js";
+import { type BackendAccount, createBackendAccount } from "../cli/backend_accounts.ts";
 import { createControlToken } from "./control_auth.ts";
 
 export interface FleetOptions {
-  /** Passed to every worker: SUPABASE_URL, SUPABASE_SECRET_KEY, timings (see worker/main.ts). */
+  /**
+   * Passed to every worker: SUPABASE_URL, SUPABASE_PUBLISHABLE_KEY, timings (see
+   * worker/main.ts). SUPABASE_SECRET_KEY stays with the supervisor, which makes
+   * each worker's backend account with it.
+   */
   env: Record<string, string>;
   /** Worker names are `<prefix>-<n>`. */
   prefix?: string;
@@ -71,6 +77,10 @@ export class Fleet {
   #nextIndex = 1;
   #waiters = new Set<() => void>();
   #stderr: Deno.FsFile | null = null;
+  /** One backend account per server name, created once per run (the logins carry the run id). */
+  readonly #accounts = new Map<string, Promise<BackendAccount>>();
+  readonly #runId = crypto.randomUUID().slice(0, 8);
+  #admin: SupabaseClient | null = null;
 
   constructor(options: FleetOptions) {
     this.#options = { prefix: "sim", maxEvents: 50_000, ...options };
@@ -251,10 +261,32 @@ export class Fleet {
     await worker.stdin.write(new TextEncoder().encode(line + "\n"));
   }
 
+  /**
+   * The server's own Auth account (app_metadata.device_backend = name), made
+   * with the secret key, which only this supervisor holds: a worker gets its
+   * credentials and acts as its own server, nothing more.
+   */
+  #account(name: string): Promise<BackendAccount> {
+    let account = this.#accounts.get(name);
+    if (!account) {
+      this.#admin ??= createClient(
+        this.#options.env.SUPABASE_URL ?? "",
+        this.#options.env.SUPABASE_SECRET_KEY ?? "",
+        { auth: { persistSession: false, autoRefreshToken: false } },
+      );
+      account = createBackendAccount(this.#admin, name, `${name}.run-${this.#runId}`);
+      // A failure is retried by the next spawn of that name.
+      account.catch(() => this.#accounts.delete(name));
+      this.#accounts.set(name, account);
+    }
+    return account;
+  }
+
   #spawn(name: string, restarts: number): void {
+    const { SUPABASE_SECRET_KEY: _operatorOnly, ...env } = this.#options.env;
     const child = new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", "--quiet", WORKER_ENTRY.pathname],
-      env: { ...this.#options.env, WORKER_NAME: name, WORKER_EXIT_ON_STDIN_EOF: "1" },
+      env: { ...env, WORKER_NAME: name, WORKER_EXIT_ON_STDIN_EOF: "1" },
       stdin: "piped",
       stdout: "piped",
       stderr: "piped",
@@ -312,6 +344,13 @@ export class Fleet {
     })();
     this.#workers.set(name, worker);
     this.#record(name, { type: "spawned", pid: child.pid, restarts });
+    this.#account(name).then(
+      ({ email, password }) =>
+        worker.stdin?.write(
+          new TextEncoder().encode(`credentials ${JSON.stringify({ email, password })}\n`),
+        ),
+      (error) => this.#record(name, { type: "error", step: "account", error: String(error) }),
+    ).catch(() => {/* the worker exited before it got them */});
   }
 
   async #readLines(stream: ReadableStream<Uint8Array>, onLine: (line: string) => void) {

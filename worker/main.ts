@@ -3,7 +3,13 @@
  * simulated WhatsApp sockets (pairing.ts) as its device handler, against the
  * real stack, with a few simulator controls on stdin.
  *
- *   deno run -A worker/main.ts            (reads SUPABASE_URL and the secret key)
+ *   deno run -A worker/main.ts
+ *
+ * Signs in as its server's own backend account (Supabase Auth, password grant;
+ * `operator server add` prints the lines): SUPABASE_URL, SUPABASE_PUBLISHABLE_KEY
+ * (or SUPABASE_ANON_KEY), BACKEND_EMAIL, BACKEND_PASSWORD. The fleet simulator
+ * creates an account per worker and sends it as the first stdin line,
+ * `credentials {"email","password"}`, instead. It never holds the secret key.
  *
  * Environment: WORKER_NAME, WORKER_MAX_CAPACITY, WORKER_CLAIM_BATCH, WORKER_POLL_MS,
  * WORKER_HEARTBEAT_MS, WORKER_LEASE_FRACTION, QR_FIRST_TTL_MS, QR_ROTATION_MS,
@@ -18,7 +24,6 @@
  */
 import { createClient } from "@supabase/supabase-js";
 import { supabaseBackend } from "../packages/backend/src/api.ts";
-import { stackEnv } from "./env.ts";
 import { FaultyBackend } from "./faults.ts";
 import { DEFAULT_SIMULATOR_CONFIG, SimulatedWhatsApp, WHATSAPP_PAIRING } from "./pairing.ts";
 import { BackendClient, type BackendClientEvent } from "../packages/backend/src/client.ts";
@@ -33,13 +38,26 @@ function numberEnv(name: string): number | undefined {
   return value;
 }
 
-const env = stackEnv();
+const url = Deno.env.get("SUPABASE_URL");
+const apiKey = Deno.env.get("SUPABASE_PUBLISHABLE_KEY") ?? Deno.env.get("SUPABASE_ANON_KEY");
+if (!url || !apiKey) {
+  throw new Error("SUPABASE_URL and SUPABASE_PUBLISHABLE_KEY (or SUPABASE_ANON_KEY) must be set");
+}
 const serverName = Deno.env.get("WORKER_NAME") ??
   `worker-${Deno.hostname()}-${Deno.pid}`;
-const client = createClient(env.url, env.secretKey, {
-  auth: { persistSession: false, autoRefreshToken: false },
+// supabase-js keeps the session and refreshes the access token before it expires.
+const client = createClient(url, apiKey, {
+  auth: { persistSession: false, autoRefreshToken: true },
 });
 const backend = new FaultyBackend(supabaseBackend(client));
+
+let signedIn: (credentials: { email: string; password: string }) => void;
+const credentials = new Promise<{ email: string; password: string }>((resolve) =>
+  signedIn = resolve
+);
+const envEmail = Deno.env.get("BACKEND_EMAIL");
+const envPassword = Deno.env.get("BACKEND_PASSWORD");
+if (envEmail && envPassword) signedIn!({ email: envEmail, password: envPassword });
 
 function emit(
   event: BackendClientEvent | { type: string; [key: string]: unknown },
@@ -117,6 +135,11 @@ async function handle(line: string): Promise<void> {
         partitioned: backend.partitioned,
       });
       break;
+    case "credentials": {
+      const value = JSON.parse(line.trim().slice("credentials".length));
+      signedIn({ email: String(value.email), password: String(value.password) });
+      break;
+    }
     case "":
     case undefined:
       break;
@@ -146,4 +169,14 @@ async function handle(line: string): Promise<void> {
 })();
 
 emit({ type: "started", pid: Deno.pid });
+// A server that boots while Auth is unreachable keeps trying; wrong
+// credentials will not get better, so those end the process.
+for (const login = await credentials;;) {
+  const { error } = await client.auth.signInWithPassword(login);
+  if (!error) break;
+  const detail = `${error.code ?? error.status ?? "network"}: ${error.message}`;
+  emit({ type: "sign_in_failed", error: detail });
+  if (error.status !== undefined && error.status >= 400 && error.status < 500) Deno.exit(1);
+  await new Promise((resolve) => setTimeout(resolve, 1_000));
+}
 await Promise.all([server.run(), whatsapp.run(server.stopped)]);

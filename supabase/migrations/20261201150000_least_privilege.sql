@@ -733,9 +733,14 @@ language plpgsql
 security definer
 set search_path = ''
 as $$
+declare
+  -- A variable, not the call in the WHERE clause: the planner pre-evaluates a
+  -- stable call compared to an indexed column, which raised `unauthorized`
+  -- while merely planning (supabase db lint's plpgsql_check).
+  v_uid uuid := device_assignment.current_user_id();
 begin
   delete from device_assignment.long_poll_leases l
-   where l.user_id = device_assignment.current_user_id() and l.wait_id = p_wait_id;
+   where l.user_id = v_uid and l.wait_id = p_wait_id;
 end;
 $$;
 

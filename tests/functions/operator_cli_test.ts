@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { backendEmail, type CliIo, formatHealth, run } from "../../cli/operator.ts";
+import { type CliIo, formatHealth, run } from "../../cli/operator.ts";
+import { backendEmail } from "../../cli/backend_accounts.ts";
 import { readEnvFile } from "../../worker/env.ts";
 import { DEVICE_ID } from "./fakes.ts";
 

@@ -31,6 +31,10 @@ Deno.test("the fleet control API adds, partitions, heals, kills and restarts wor
     env: {
       SUPABASE_URL: "http://127.0.0.1:9",
       SUPABASE_SECRET_KEY: "sb_secret_unused",
+      SUPABASE_PUBLISHABLE_KEY: "sb_publishable_unused",
+      // Nothing listens on port 9: the worker keeps trying to sign in.
+      BACKEND_EMAIL: "control@backend.invalid",
+      BACKEND_PASSWORD: "unused",
       PATH: Deno.env.get("PATH") ?? "",
       HOME: Deno.env.get("HOME") ?? "",
     },
@@ -42,7 +46,7 @@ Deno.test("the fleet control API adds, partitions, heals, kills and restarts wor
     const { name } = await added!.json();
     assert.equal(name, "control-1");
     await fleet.waitFor((e) => e.worker === name && e.type === "started", 20_000);
-    await fleet.waitFor((e) => e.worker === name && e.type === "heartbeat_failed", 20_000);
+    await fleet.waitFor((e) => e.worker === name && e.type === "sign_in_failed", 20_000);
 
     const partitioned = await call(fleet, "POST", `/fleet/workers/${name}/partition`, {});
     assert.equal((await partitioned!.json()).worker.state, "partitioned");

@@ -40,6 +40,7 @@ async function withFleet(
     env: {
       SUPABASE_URL: stack.url,
       SUPABASE_SECRET_KEY: stack.secretKey,
+      SUPABASE_PUBLISHABLE_KEY: stack.publishableKey!,
       PATH: Deno.env.get("PATH") ?? "",
       HOME: Deno.env.get("HOME") ?? "",
       WORKER_POLL_MS: "300",

@@ -81,14 +81,20 @@ export interface BackendApi {
 
 /**
  * Codes the worker acts on. `fenced`, `not_connecting` and `not_found` (the
- * device was deleted) mean "drop this device now"; `server_not_live` means "our lease is gone"; `unavailable` is anything
- * we could not get an answer for (network, timeout, 5xx) and is retried.
+ * device was deleted) mean "drop this device now"; `server_not_live` means
+ * "our lease is gone" (also what every call of a server an operator disabled
+ * gets); `server_disabled` refuses the heartbeat of a disabled server, and
+ * `forbidden` a caller that may not act as this server (a backend account
+ * signed in under another server's name). `unavailable` is anything we could
+ * not get an answer for (network, timeout, 5xx) and is retried.
  */
 export type BackendErrorCode =
   | "fenced"
   | "not_found"
   | "not_connecting"
   | "server_not_live"
+  | "server_disabled"
+  | "forbidden"
   | "invalid_argument"
   | "unavailable"
   | "unexpected";
@@ -105,6 +111,8 @@ const KNOWN_CODES: BackendErrorCode[] = [
   "not_found",
   "not_connecting",
   "server_not_live",
+  "server_disabled",
+  "forbidden",
   "invalid_argument",
 ];
 

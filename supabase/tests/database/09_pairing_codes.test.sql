@@ -5,7 +5,7 @@ begin;
 update public.assignment_settings
    set pairing_cooldown = '60 seconds', pairing_requests_per_hour = 10,
        pairing_request_ttl = '10 minutes';
-select plan(48);
+select plan(51);
 
 insert into auth.users (id, email) values
   ('a0000000-0000-4000-8000-000000000001', 'owner-a@example.com'),
@@ -43,7 +43,8 @@ select is(
     where has_function_privilege(r,
       'public.publish_device_pairing_code(uuid, uuid, bigint, text, timestamptz)', 'execute')
        or has_function_privilege(r, 'device_assignment.pairing_phone_wanted(uuid, uuid)', 'execute')),
-  array['service_role'], 'only servers publish codes and read the numbers to ask for');
+  array['authenticated', 'service_role'],
+  'the secret key and backend accounts (authenticated, guarded below) publish codes and read numbers');
 select is(
   (select count(*)::int from unnest(array['anon', 'authenticated', 'service_role']) r,
      unnest(array['device_assignment.pairing_requests', 'device_assignment.pairing_request_log']) t
@@ -59,6 +60,7 @@ set local role anon;
 select throws_ok($$select public.request_pairing_code('d0000000-0000-4000-8000-000000000001', '+14155550123')$$,
   '42501', null, 'anon cannot ask for a code');
 reset role;
+select set_config('request.jwt.claims', '', true); -- the server side: no user claims left over
 
 set local role authenticated;
 select set_config('request.jwt.claims',
@@ -89,6 +91,7 @@ select is(public.get_device_qr('d0000000-0000-4000-8000-000000000001') -> 'pairi
 select is(public.request_pairing_code('d0000000-0000-4000-8000-000000000002', '447700900123') ->> 'epoch', '1',
   'an idle device starts pairing: it is moved (epoch bumped) to a live server');
 reset role;
+select set_config('request.jwt.claims', '', true); -- the server side: no user claims left over
 select is((select status from public.devices where id = 'd0000000-0000-4000-8000-000000000002'), 'connecting',
   'the idle device is now connecting');
 select is((select count(*)::int from public.device_assignment_events
@@ -105,11 +108,13 @@ select is(
 -- The hourly cap (lowered to 3: two requests are made already).
 update public.assignment_settings set pairing_requests_per_hour = 3;
 set local role authenticated;
+select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
 select lives_ok($$select public.request_pairing_code('d0000000-0000-4000-8000-000000000004', '+14155550124')$$,
   'a third request within the hour is accepted');
 select throws_ok($$select public.request_pairing_code('d0000000-0000-4000-8000-000000000005', '+14155550125')$$,
   'PT429', 'rate_limited', 'a fourth, on yet another device, is over the hourly cap');
 reset role;
+select set_config('request.jwt.claims', '', true); -- the server side: no user claims left over
 update public.assignment_settings set pairing_requests_per_hour = 10;
 
 -- The server's side: claim, publish, fencing ---------------------------------------------------
@@ -123,6 +128,23 @@ select is(
   null, 'a device without a request has no number');
 select is(device_assignment.pairing_phone_wanted('5e000000-0000-4000-8000-00000000000b',
   'd0000000-0000-4000-8000-000000000001'), null, 'another server never gets the number');
+
+-- A backend account is `authenticated` too: only the device's own server's account reads the number.
+set local role authenticated;
+select set_config('request.jwt.claims',
+  '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
+select is(device_assignment.pairing_phone_wanted('5e000000-0000-4000-8000-00000000000a',
+  'd0000000-0000-4000-8000-000000000001'), null, 'a signed-in user never reads a number, even their own');
+select set_config('request.jwt.claims', '{"sub":"c0000000-0000-4000-8000-00000000000b",'
+  || '"role":"authenticated","app_metadata":{"device_backend":"server-b"}}', true);
+select is(device_assignment.pairing_phone_wanted('5e000000-0000-4000-8000-00000000000a',
+  'd0000000-0000-4000-8000-000000000001'), null, 'another server''s account never reads it');
+select set_config('request.jwt.claims', '{"sub":"c0000000-0000-4000-8000-00000000000a",'
+  || '"role":"authenticated","app_metadata":{"device_backend":"server-a"}}', true);
+select is(device_assignment.pairing_phone_wanted('5e000000-0000-4000-8000-00000000000a',
+  'd0000000-0000-4000-8000-000000000001'), '14155550123', 'the holding server''s account reads it');
+reset role;
+select set_config('request.jwt.claims', '', true); -- the server side: no user claims left over
 
 select throws_ok($$select public.publish_device_pairing_code('d0000000-0000-4000-8000-000000000001',
   '5e000000-0000-4000-8000-00000000000a', 2, 'ABCD1234', now() + interval '3 minutes')$$,
@@ -145,25 +167,31 @@ select is(
   null, 'while the code is fresh the server is not asked for another');
 
 set local role authenticated;
+select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000001') -> 'pairing_code',
   jsonb_build_object('code', 'ABCD1234', 'expires_at', now() + interval '3 minutes'),
   'get_device_qr serves the fresh code and its expiry next to the QR');
 reset role;
+select set_config('request.jwt.claims', '', true); -- the server side: no user claims left over
 select is(public.publish_device_qr('d0000000-0000-4000-8000-000000000001',
   '5e000000-0000-4000-8000-00000000000a', 3, 'qr-2', now() + interval '20 seconds') ->> 'accepted',
   'true', 'the QR rotates');
 set local role authenticated;
+select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000001') #>> '{pairing_code,code}',
   'ABCD1234', 'the code stays the same across QR rotations');
 reset role;
+select set_config('request.jwt.claims', '', true); -- the server side: no user claims left over
 
 -- Expiry --------------------------------------------------------------------------------------
 update device_assignment.pairing_requests set code_expires_at = now() - interval '1 second'
  where device_id = 'd0000000-0000-4000-8000-000000000001';
 set local role authenticated;
+select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000001') -> 'pairing_code', 'null'::jsonb,
   'an expired code is never served');
 reset role;
+select set_config('request.jwt.claims', '', true); -- the server side: no user claims left over
 select is(
   (select pairing_phone from public.claim_devices('5e000000-0000-4000-8000-00000000000a')
     where device_id = 'd0000000-0000-4000-8000-000000000001'),
@@ -175,11 +203,13 @@ select public.publish_device_pairing_code('d0000000-0000-4000-8000-000000000001'
 update device_assignment.pairing_request_log set requested_at = now() - interval '61 seconds'
  where device_id = 'd0000000-0000-4000-8000-000000000001';
 set local role authenticated;
+select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
 select lives_ok($$select public.request_pairing_code('d0000000-0000-4000-8000-000000000001', '+14155550199')$$,
   'after the cooldown the owner may ask again, with another number');
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000001') -> 'pairing_code', 'null'::jsonb,
   'asking again retires the code that was served');
 reset role;
+select set_config('request.jwt.claims', '', true); -- the server side: no user claims left over
 select is(
   (select pairing_phone from public.claim_devices('5e000000-0000-4000-8000-00000000000a')
     where device_id = 'd0000000-0000-4000-8000-000000000001'),
@@ -195,9 +225,11 @@ select is(
     where device_id = 'd0000000-0000-4000-8000-000000000001'),
   '4 14155550199', 'server-a died: server-b claims the device and is asked for a fresh code');
 set local role authenticated;
+select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000001') -> 'pairing_code', 'null'::jsonb,
   'the old server''s code is not served after the move');
 reset role;
+select set_config('request.jwt.claims', '', true); -- the server side: no user claims left over
 select throws_ok($$select public.publish_device_pairing_code('d0000000-0000-4000-8000-000000000001',
   '5e000000-0000-4000-8000-00000000000a', 3, 'LATE0000', now() + interval '3 minutes')$$,
   'PT409', 'fenced', 'the old server''s late code is fenced');
@@ -205,9 +237,11 @@ select is(public.publish_device_pairing_code('d0000000-0000-4000-8000-0000000000
   '5e000000-0000-4000-8000-00000000000b', 4, 'MNOP3456', now() + interval '3 minutes') ->> 'accepted',
   'true', 'the new server publishes its code');
 set local role authenticated;
+select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000001') #>> '{pairing_code,code}',
   'MNOP3456', 'and the user sees the new server''s code');
 reset role;
+select set_config('request.jwt.claims', '', true); -- the server side: no user claims left over
 
 -- Cleared on link, and on expiry ----------------------------------------------------------------
 select public.report_device_status('d0000000-0000-4000-8000-000000000001',
