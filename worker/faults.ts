@@ -30,6 +30,10 @@ export class FaultyBackend implements BackendApi {
     return this.inner.publishQr(...args);
   }
 
+  publishPairingCode(...args: Parameters<BackendApi["publishPairingCode"]>) {
+    return this.inner.publishPairingCode(...args);
+  }
+
   reportStatus(...args: Parameters<BackendApi["reportStatus"]>) {
     return this.inner.reportStatus(...args);
   }

@@ -176,16 +176,42 @@ export class Fleet {
    * The user scanned the device's QR: whichever worker shows it reports
    * `connected`. Returns that worker's name, or null when none showed a QR.
    */
-  async scan(deviceId: string, timeoutMs = 5_000): Promise<string | null> {
+  scan(deviceId: string, timeoutMs = 5_000): Promise<string | null> {
+    return this.#askAll(`scan ${deviceId}`, "scan_result", deviceId, timeoutMs);
+  }
+
+  /**
+   * The user typed the pairing code on their phone: the worker that issued it
+   * links the device. Returns that worker's name, or null when no worker holds
+   * this unexpired code for the device.
+   */
+  enterCode(deviceId: string, code: string, timeoutMs = 5_000): Promise<string | null> {
+    // One token on the worker's stdin line: what a phone's code field accepts anyway.
+    const typed = code.replace(/[^0-9A-Za-z]/g, "");
+    return this.#askAll(
+      `enter-code ${deviceId} ${typed}`,
+      "code_entry_result",
+      deviceId,
+      timeoutMs,
+    );
+  }
+
+  /** Send `command` to every live worker; the first `connected` answer names the one that linked. */
+  async #askAll(
+    command: string,
+    resultType: string,
+    deviceId: string,
+    timeoutMs: number,
+  ): Promise<string | null> {
     const alive = [...this.#workers.values()].filter((w) =>
       w.info.state === "running" || w.info.state === "partitioned"
     );
     if (alive.length === 0) return null;
     const after = this.#seq;
-    await Promise.all(alive.map((w) => this.#send(w, `scan ${deviceId}`).catch(() => {})));
+    await Promise.all(alive.map((w) => this.#send(w, command).catch(() => {})));
     const answered = new Set<string>();
     const found = await this.waitFor((event) => {
-      if (event.seq <= after || event.type !== "scan_result" || event.deviceId !== deviceId) {
+      if (event.seq <= after || event.type !== resultType || event.deviceId !== deviceId) {
         return false;
       }
       answered.add(event.worker);

@@ -65,7 +65,9 @@ for await (const chunk of Deno.stdin.readable.pipeThrough(new TextDecoderStream(
       else if (verb === "partition") {
         await fleet.partition(name, { selfFencing: option === "self-fence" });
       } else if (verb === "scan") console.error(`connected by ${await fleet.scan(name)}`);
-      else if (verb) console.error(`unknown command ${verb}`);
+      else if (verb === "enter-code") {
+        console.error(`connected by ${await fleet.enterCode(name, option ?? "")}`);
+      } else if (verb) console.error(`unknown command ${verb}`);
     } catch (error) {
       console.error(error instanceof Error ? error.message : String(error));
     }

@@ -11,6 +11,7 @@ import { type Fleet, FleetError } from "./fleet.ts";
  *   POST /fleet/workers/<name>/kill|stop|restart|heal
  *   POST /fleet/workers/<name>/partition {self_fencing?}
  *   POST /fleet/scan           {device_id}   simulate the user scanning the QR
+ *   POST /fleet/enter-code     {device_id, code}  simulate typing the pairing code on the phone
  *
  * Returns null for paths outside /fleet so a server can mount it beside others.
  *
@@ -65,6 +66,13 @@ export async function fleetControl(fleet: Fleet, request: Request): Promise<Resp
         throw new FleetError("invalid_request", "device_id is required");
       }
       const worker = await fleet.scan(body.device_id);
+      return json({ device_id: body.device_id, connected: worker !== null, worker });
+    }
+    if (parts[1] === "enter-code" && parts.length === 2) {
+      if (typeof body.device_id !== "string" || typeof body.code !== "string") {
+        throw new FleetError("invalid_request", "device_id and code are required");
+      }
+      const worker = await fleet.enterCode(body.device_id, body.code);
       return json({ device_id: body.device_id, connected: worker !== null, worker });
     }
     return json({ error: { code: "not_found", message: "unknown fleet route" } }, 404);

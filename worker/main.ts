@@ -15,7 +15,7 @@
  * WORKER_HEARTBEAT_MS, WORKER_LEASE_FRACTION, QR_FIRST_TTL_MS, QR_ROTATION_MS,
  * QR_MAX, QR_GENERATION_MS, WORKER_RESUME_MS.
  *
- * stdin, one command a line: `scan <device_id>`, `partition` (heartbeats and
+ * stdin, one command a line: `scan <device_id>`, `enter-code <device_id> <code>`, `partition` (heartbeats and
  * claims cut, self-fencing suspended: a server that believes it is still live),
  * `partition self-fence` (same cut, the worker fences itself as it should),
  * `heal`, `status`. stdout: one JSON object a line per worker event.
@@ -109,13 +109,20 @@ Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
 Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
 
 async function handle(line: string): Promise<void> {
-  const [command, arg] = line.trim().split(/\s+/);
+  const [command, arg, code] = line.trim().split(/\s+/);
   switch (command) {
     case "scan":
       emit({
         type: "scan_result",
         deviceId: arg,
         connected: await whatsapp.scan(arg ?? ""),
+      });
+      break;
+    case "enter-code":
+      emit({
+        type: "code_entry_result",
+        deviceId: arg,
+        connected: await whatsapp.enterCode(arg ?? "", code ?? ""),
       });
       break;
     case "partition":

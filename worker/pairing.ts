@@ -12,12 +12,21 @@
  * `creds.update` before `connection: "open"`; a device handed over for resume
  * reads them back and reconnects without a QR, or reports `logged_out` when
  * there are none.
+ *
+ * Pairing codes: asked for a code for a phone number, the socket answers with
+ * 8 characters of Baileys' alphabet after a round trip; the code is usable
+ * until `pairingCodeTtlMs` or the end of the socket's pairing attempt,
+ * whichever is first (WhatsApp announces no lifetime: Baileys' code lives on
+ * the socket that asked, which WhatsApp closes when its QR references run
+ * out). Entering that code on the phone (simulated) links the device exactly
+ * like a scan.
  */
 import { type BackendApi, BackendError } from "../packages/backend/src/api.ts";
 import {
   type DeviceHandler,
   type HeldDevice,
   isDeviceGone,
+  type PairingCode,
   type StopReason,
 } from "../packages/backend/src/client.ts";
 import { type Clock, systemClock } from "../packages/backend/src/clock.ts";
@@ -99,6 +108,26 @@ export function whatsappQrPayload(keys: PairingKeys): string {
     .join(",");
 }
 
+/**
+ * The characters of a WhatsApp pairing code: Baileys' `bytesToCrockford`
+ * alphabet (baileys src/Utils/generics.ts), no 0, O, I or U.
+ */
+export const PAIRING_CODE_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTVWXYZ";
+
+/** 8 characters from 40 random bits, 5 bits each, as Baileys makes them. */
+export function whatsappPairingCode(): string {
+  const bits = [...randomBytes(5)].map((byte) => byte.toString(2).padStart(8, "0")).join("");
+  return Array.from(
+    { length: 8 },
+    (_, i) => PAIRING_CODE_ALPHABET[parseInt(bits.slice(i * 5, i * 5 + 5), 2)],
+  ).join("");
+}
+
+/** How WhatsApp shows a code to the user ("ABCD-EFGH"); typed with or without the dash. */
+export function formatPairingCode(code: string): string {
+  return code.length === 8 ? `${code.slice(0, 4)}-${code.slice(4)}` : code;
+}
+
 export interface SimulatorConfig {
   pairing: PairingSchedule;
   /** Time a resumed session takes to reconnect (the Noise handshake with WhatsApp). */
@@ -107,6 +136,10 @@ export interface SimulatorConfig {
   retryMs: number;
   /** How often `run` publishes due QRs and finishes due resumes. */
   tickMs: number;
+  /** Round trip of a pairing-code request to WhatsApp. */
+  pairingCodeMs: number;
+  /** Longest a pairing code is usable (the pairing attempt's end may come first). */
+  pairingCodeTtlMs: number;
 }
 
 export const DEFAULT_SIMULATOR_CONFIG: SimulatorConfig = {
@@ -114,6 +147,8 @@ export const DEFAULT_SIMULATOR_CONFIG: SimulatorConfig = {
   resumeMs: 300,
   retryMs: 1_000,
   tickMs: 100,
+  pairingCodeMs: 300,
+  pairingCodeTtlMs: 120_000,
 };
 
 /** The session store key of a device's credentials (Baileys' `creds`). */
@@ -128,6 +163,9 @@ interface SimulatedSocket {
   busy: boolean;
   /** Whether the device currently shows one of our QRs (a scan can succeed). */
   hasQr: boolean;
+  /** When WhatsApp ends this pairing attempt (its last QR expires). */
+  attemptEndsAt: number;
+  pairingCode: PairingCode | null;
 }
 
 export type SimulatorEvent = { type: "error"; step: string; error: string };
@@ -154,6 +192,8 @@ export class SimulatedWhatsApp implements DeviceHandler {
       nextActionAt: this.clock.now() + delay,
       busy: false,
       hasQr: false,
+      attemptEndsAt: this.clock.now() + pairingTimeline(this.config.pairing).timeoutAtMs,
+      pairingCode: null,
     });
   }
 
@@ -179,10 +219,44 @@ export class SimulatedWhatsApp implements DeviceHandler {
    */
   async scan(deviceId: string): Promise<boolean> {
     const socket = this.#sockets.get(deviceId);
-    if (
-      !socket || !socket.hasQr || socket.busy ||
-      socket.device.phase !== "pairing"
-    ) return false;
+    if (!socket?.hasQr) return false;
+    return await this.#link(socket, "scan");
+  }
+
+  /**
+   * The owner asked to link by phone number: a fresh code from "WhatsApp",
+   * which replaces any earlier one of this socket (as Baileys' does).
+   */
+  async requestPairingCode(device: HeldDevice, _phone: string): Promise<PairingCode> {
+    await this.clock.sleep(this.config.pairingCodeMs, device.signal);
+    const socket = this.#sockets.get(device.deviceId);
+    if (socket?.device !== device || device.phase !== "pairing") {
+      throw new Error("no pairing socket for this device");
+    }
+    const expiresAt = Math.min(
+      this.clock.now() + this.config.pairingCodeTtlMs,
+      socket.attemptEndsAt,
+    );
+    socket.pairingCode = { code: whatsappPairingCode(), expiresAt: new Date(expiresAt) };
+    return socket.pairingCode;
+  }
+
+  /**
+   * The user typed `code` on their phone (simulated): when it is this
+   * socket's unexpired code, the device links exactly as after a scan.
+   */
+  async enterCode(deviceId: string, code: string): Promise<boolean> {
+    const socket = this.#sockets.get(deviceId);
+    const issued = socket?.pairingCode;
+    if (!socket || !issued || issued.expiresAt.getTime() <= this.clock.now()) return false;
+    if (code.toUpperCase().replace(/[\s-]/g, "") !== issued.code) return false;
+    return await this.#link(socket, "enter_code");
+  }
+
+  /** Store the creds, then report `connected`: what Baileys does once the phone approved. */
+  async #link(socket: SimulatedSocket, step: string): Promise<boolean> {
+    const deviceId = socket.device.deviceId;
+    if (socket.busy || socket.device.phase !== "pairing") return false;
     socket.busy = true;
     try {
       const creds = JSON.stringify({
@@ -194,9 +268,10 @@ export class SimulatedWhatsApp implements DeviceHandler {
         (write) => this.store.writeSession(write, [{ ...CREDS, value: creds }]),
       );
       await socket.device.reportStatus("connected");
+      socket.pairingCode = null;
       return true;
     } catch (error) {
-      this.#failed("scan", error);
+      this.#failed(step, error);
       return false;
     } finally {
       socket.busy = false;

@@ -11,6 +11,7 @@
  */
 import { createClient } from "@supabase/supabase-js";
 import { CONTROL_TOKEN_HEADER } from "../../worker/control_auth.ts";
+import { formatPairingCode } from "../../worker/pairing.ts";
 
 interface DemoConfig {
   supabaseUrl: string;
@@ -35,6 +36,7 @@ interface QrState {
   reason: string | null;
   reassigned: boolean;
   retry_after_ms: number | null;
+  pairing_code: { code: string; expires_at: string } | null;
 }
 
 interface FleetWorker {
@@ -113,6 +115,18 @@ function deviceCard(device: { id: string; name: string }): HTMLElement {
     element("p", { className: "meta server" }),
     element("div", { className: "qr" }, "loading…"),
     element("p", { className: "meta expiry" }),
+    element(
+      "div",
+      { className: "pairing-code", hidden: true },
+      element("p", { className: "hint" }, "On the phone: Linked devices → Link with phone number"),
+      element("p", { className: "code" }),
+      element("p", { className: "meta code-expiry" }),
+      element("button", {
+        type: "button",
+        className: "enter-code",
+        onclick: () => enterCode(device.id),
+      }, "Enter code on phone"),
+    ),
     element("p", { className: "meta note" }),
     element(
       "div",
@@ -129,8 +143,43 @@ function deviceCard(device: { id: string; name: string }): HTMLElement {
         "Simulate scan",
       ),
     ),
+    phoneForm(device.id),
   );
   return card;
+}
+
+/**
+ * "Link with phone number instead": the number goes to get-device-qr, which
+ * validates it; it stays in this input and is shown nowhere else.
+ */
+function phoneForm(deviceId: string): HTMLElement {
+  const input = element("input", {
+    type: "tel",
+    name: "phone",
+    placeholder: "+1 415 555 0123",
+    autocomplete: "tel",
+    required: true,
+  });
+  input.setAttribute("aria-label", "Phone number in international format");
+  const form = element(
+    "form",
+    {
+      onsubmit: (event: Event) => {
+        event.preventDefault();
+        requestCode(deviceId, input.value);
+      },
+    },
+    input,
+    " ",
+    element("button", { type: "submit", className: "get-code" }, "Get code"),
+  );
+  return element(
+    "details",
+    { className: "by-phone" },
+    element("summary", {}, "Link with phone number instead"),
+    form,
+    element("p", { className: "meta phone-status", role: "status" }),
+  );
 }
 
 function render(view: DeviceView): void {
@@ -162,6 +211,14 @@ function render(view: DeviceView): void {
     : "Reassign";
   connect.disabled = state.status === "connected" || state.status === "reconnecting";
   card.querySelector<HTMLButtonElement>(".scan")!.disabled = state.status !== "ready";
+  const linked = state.status === "connected" || state.status === "reconnecting";
+  card.querySelector<HTMLButtonElement>(".get-code")!.disabled = linked;
+  if (linked) phoneStatus(view, "");
+  const code = state.pairing_code;
+  const codeBox = card.querySelector<HTMLElement>(".pairing-code")!;
+  codeBox.hidden = !code;
+  card.dataset.pairingCode = code ? "shown" : "";
+  if (code) codeBox.querySelector(".code")!.textContent = formatPairingCode(code.code);
   updateExpiry(view);
 }
 
@@ -188,6 +245,42 @@ function updateExpiry(view: DeviceView): void {
     ? `QR expires in ${Math.max(0, Math.round((Date.parse(qr.expires_at) - Date.now()) / 1000))} s`
     : "";
   view.card.querySelector(".expiry")!.textContent = text;
+  const code = view.state?.pairing_code;
+  const left = code
+    ? Math.max(0, Math.round((Date.parse(code.expires_at) - Date.now()) / 1000))
+    : 0;
+  view.card.querySelector(".code-expiry")!.textContent = code
+    ? `code expires in ${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`
+    : "";
+}
+
+function phoneStatus(view: DeviceView, text: string, kind: "" | "problem" = ""): void {
+  const node = view.card.querySelector<HTMLElement>(".phone-status")!;
+  node.textContent = text;
+  node.className = `meta phone-status ${kind}`;
+}
+
+/** Ask for a pairing code; the answer comes as soon as the device's server published one. */
+async function requestCode(deviceId: string, phone: string): Promise<void> {
+  const view = devices.find((d) => d.id === deviceId)!;
+  const button = view.card.querySelector<HTMLButtonElement>(".get-code")!;
+  button.disabled = true;
+  phoneStatus(view, "asking the device's server for a code…");
+  try {
+    const { data, error } = await supabase.functions.invoke<QrState>("get-device-qr", {
+      body: { device_id: deviceId, pairing_phone: phone, wait: 20 },
+    });
+    if (error || !data) {
+      phoneStatus(view, await describeError(error), "problem");
+      return;
+    }
+    phoneStatus(view, data.pairing_code ? "" : "code requested; it appears here when ready");
+    log(`${view.name}: pairing code requested`);
+    observe(view, data);
+    refresh(deviceId);
+  } finally {
+    button.disabled = view.state?.status === "connected";
+  }
 }
 
 function note(view: DeviceView, text: string, kind: "" | "recovered" | "problem" = ""): void {
@@ -295,15 +388,30 @@ async function scan(deviceId: string): Promise<void> {
   refresh(deviceId);
 }
 
+async function enterCode(deviceId: string): Promise<void> {
+  const view = devices.find((d) => d.id === deviceId)!;
+  const code = view.state?.pairing_code?.code;
+  if (!code) return;
+  const answer = await post("/fleet/enter-code", { device_id: deviceId, code });
+  note(
+    view,
+    answer.connected
+      ? `code entered: ${answer.worker} reported connected`
+      : "no server holds this code any more",
+  );
+  refresh(deviceId);
+}
+
 async function describeError(error: unknown): Promise<string> {
   // FunctionsHttpError carries the response; our functions answer {error: {code, message}}.
   const context = (error as { context?: Response } | null)?.context;
   if (context instanceof Response) {
     try {
       const body = await context.clone().json();
-      const retry = body.error?.details?.retry_after_ms;
+      const retryAfter = Number(context.headers.get("retry-after")) ||
+        Math.ceil((body.error?.details?.retry_after_ms ?? 0) / 1000);
       return `${body.error?.code}: ${body.error?.message}${
-        retry ? ` (retry in ${Math.ceil(retry / 1000)} s)` : ""
+        retryAfter ? ` (retry in ${retryAfter} s)` : ""
       }`;
     } catch { /* not JSON */ }
     return `HTTP ${context.status}`;

@@ -2,7 +2,8 @@
  * The `make dev` demo in a real browser: Debian's chromium driven by
  * playwright-core. Starts local/dev.sh as a person would, opens the printed
  * URL, kills the server a QR comes from and waits for a QR from another one,
- * then links a device and kills its server: the session resumes elsewhere, no QR.
+ * then links a device and kills its server: the session resumes elsewhere, no QR;
+ * last, links a device with a pairing code ("Link with phone number instead").
  * Screenshots and the recovery time go to test-results/.
  */
 import assert from "node:assert/strict";
@@ -154,6 +155,51 @@ Deno.test({
       const resumedMs = Number(await resumed.getAttribute("data-recovered-ms"));
       console.log(`connected again on ${resumedOn} ${resumedMs} ms after ${linkedOn} was killed`);
       await page.screenshot({ path: `${RESULTS}/demo-4-session-resumed.png`, fullPage: true });
+
+      // "Link with phone number instead" on the device "Connect" started pairing: a bad number
+      // is refused readably, a good one gets a code shown large with its countdown, asking again
+      // at once is a readable 429, and "Enter code on phone" links the device.
+      const byPhone = page.locator(`article.device[data-device-id="${idleId}"]`);
+      await byPhone.locator(".by-phone summary").click();
+      const phoneInput = byPhone.locator('.by-phone input[type="tel"]');
+      const phoneStatus = byPhone.locator(".phone-status");
+      await phoneInput.fill("12345");
+      await byPhone.locator("button.get-code").click();
+      await byPhone.locator(".phone-status.problem").waitFor({ timeout: 10_000 });
+      assert.match((await phoneStatus.textContent()) ?? "", /^invalid_request: .*pairing_phone/);
+      await phoneInput.fill("+1 415 555 0123");
+      await byPhone.locator("button.get-code").click();
+      const withCode = page.locator(
+        `article.device[data-device-id="${idleId}"][data-pairing-code="shown"]`,
+      );
+      await withCode.waitFor({ timeout: 30_000 });
+      const shownCode = (await withCode.locator(".pairing-code .code").textContent()) ?? "";
+      assert.match(shownCode, /^[1-9A-HJ-NP-TV-Z]{4}-[1-9A-HJ-NP-TV-Z]{4}$/, "WhatsApp's format");
+      assert.match(
+        (await withCode.locator(".code-expiry").textContent()) ?? "",
+        /^code expires in [0-2]:[0-5]\d$/,
+      );
+      await page.screenshot({ path: `${RESULTS}/demo-5-pairing-code.png`, fullPage: true });
+      await byPhone.locator("button.get-code").click();
+      await byPhone.locator(".phone-status.problem").waitFor({ timeout: 10_000 });
+      assert.match(
+        (await phoneStatus.textContent()) ?? "",
+        /^cooldown: .*\(retry in \d+ s\)$/,
+        "asking again at once is a readable 429",
+      );
+      assert.equal(
+        await withCode.locator(".pairing-code .code").textContent(),
+        shownCode,
+        "the refused request leaves the code alone",
+      );
+      const pageText = await page.locator("body").innerText();
+      assert.ok(!pageText.replace(/\D/g, "").includes("4155550123"), "the number is shown nowhere");
+      await withCode.locator("button.enter-code").click();
+      await page.locator(`article.device[data-device-id="${idleId}"][data-status="connected"]`)
+        .waitFor({ timeout: 30_000 });
+      await page.locator(`article.device[data-device-id="${idleId}"][data-pairing-code=""]`)
+        .waitFor({ timeout: 10_000 });
+      await page.screenshot({ path: `${RESULTS}/demo-6-linked-by-code.png`, fullPage: true });
       assert.deepEqual(pageErrors, [], "no uncaught error in the page");
     } finally {
       await browser.close();

@@ -36,6 +36,9 @@ export interface FakeDevice {
   lastError?: string | null;
   qr: string | null;
   qrExpiresAt: Date | null;
+  /** The owner's pending request to link by phone number (digits), if any. */
+  pairingPhone?: string | null;
+  pairingCode?: { code: string; expiresAt: Date; epoch: number } | null;
 }
 
 export class FakeDatabase implements BackendApi {
@@ -49,6 +52,24 @@ export class FakeDatabase implements BackendApi {
   published: { deviceId: string; epoch: number; qr: string; expiresAt: Date }[] = [];
   /** The session store: device id → "type\u0000id" → value. */
   sessions = new Map<string, Map<string, string>>();
+  pairingCodes: { deviceId: string; epoch: number; code: string; expiresAt: Date }[] = [];
+  /** The database's clock, for the freshness of pairing codes. */
+  now: () => number = Date.now;
+
+  /** What `request_pairing_code` does: a new request retires the code shown so far. */
+  requestPairingCode(id: string, phone: string): void {
+    const device = this.devices.get(id)!;
+    device.pairingPhone = phone;
+    device.pairingCode = null;
+  }
+
+  /** Like claim_devices' `pairing_phone`: pending, and no fresh code at this epoch. */
+  #pairingPhone(device: FakeDevice): string | null {
+    if (!device.pairingPhone) return null;
+    const code = device.pairingCode;
+    const fresh = code && code.epoch === device.epoch && code.expiresAt.getTime() > this.now();
+    return fresh ? null : device.pairingPhone;
+  }
 
   addDevice(id: string, owner: string | null = null): FakeDevice {
     const device: FakeDevice = {
@@ -108,7 +129,13 @@ export class FakeDatabase implements BackendApi {
     for (const device of this.devices.values()) {
       if (device.status !== "connecting" || device.owner !== serverId) continue;
       if (rows.length < limit) {
-        rows.push({ deviceId: device.id, epoch: device.epoch, deviceName: null, claimed: false });
+        rows.push({
+          deviceId: device.id,
+          epoch: device.epoch,
+          deviceName: null,
+          claimed: false,
+          pairingPhone: this.#pairingPhone(device),
+        });
       }
     }
     for (const device of this.devices.values()) {
@@ -117,7 +144,13 @@ export class FakeDatabase implements BackendApi {
       if (device.owner === null) {
         device.owner = serverId;
         device.epoch += 1;
-        rows.push({ deviceId: device.id, epoch: device.epoch, deviceName: null, claimed: true });
+        rows.push({
+          deviceId: device.id,
+          epoch: device.epoch,
+          deviceName: null,
+          claimed: true,
+          pairingPhone: this.#pairingPhone(device),
+        });
       }
     }
     return Promise.resolve(rows);
@@ -146,6 +179,22 @@ export class FakeDatabase implements BackendApi {
     return Promise.resolve();
   }
 
+  publishPairingCode(
+    write: { deviceId: string; serverId: string; epoch: number; code: string; expiresAt: Date },
+  ): Promise<void> {
+    this.calls.push("publish_device_pairing_code");
+    const device = this.#fence(write.deviceId, write.serverId, write.epoch);
+    if (device.status !== "connecting") {
+      throw new BackendError("not_connecting", "not_connecting", 409);
+    }
+    if (!device.pairingPhone) {
+      throw new BackendError("no_pairing_request", "no_pairing_request", 409);
+    }
+    device.pairingCode = { code: write.code, expiresAt: write.expiresAt, epoch: write.epoch };
+    this.pairingCodes.push(write);
+    return Promise.resolve();
+  }
+
   reportStatus(
     write: { deviceId: string; serverId: string; epoch: number; status: DeviceStatus },
   ): Promise<void> {
@@ -155,6 +204,8 @@ export class FakeDatabase implements BackendApi {
     device.status = write.status === "logged_out" ? "disconnected" : write.status;
     device.lastError = write.status === "logged_out" ? "logged_out" : null;
     if (write.status !== "connecting") device.qr = null;
+    // Like the SQL trigger: the number goes once the device leaves `connecting`.
+    if (write.status !== "connecting") device.pairingPhone = device.pairingCode = null;
     // Like the SQL: a logged-out session is deleted, WhatsApp will not take it back.
     if (write.status === "logged_out") this.sessions.delete(write.deviceId);
     return Promise.resolve();

@@ -74,7 +74,14 @@ Deno.test("the fleet control API adds, partitions, heals, kills and restarts wor
         { [CONTROL_TOKEN_HEADER]: otherRun },
       ]
     ) {
-      for (const path of [`/fleet/workers/${name}/kill`, "/fleet/workers", "/fleet/scan"]) {
+      for (
+        const path of [
+          `/fleet/workers/${name}/kill`,
+          "/fleet/workers",
+          "/fleet/scan",
+          "/fleet/enter-code",
+        ]
+      ) {
         const refused = await call(fleet, "POST", path, { device_id: "x" }, headers);
         assert.equal(refused?.status, 403, `${path} ${JSON.stringify(headers)}`);
         assert.equal((await refused!.json()).error.code, "forbidden");
@@ -105,6 +112,13 @@ Deno.test("the fleet control API adds, partitions, heals, kills and restarts wor
 
     assert.equal((await call(fleet, "POST", "/fleet/workers/nobody/kill"))?.status, 404);
     assert.equal((await call(fleet, "POST", "/fleet/scan", {}))?.status, 400);
+    assert.equal(
+      (await call(fleet, "POST", "/fleet/enter-code", { device_id: "x" }))?.status,
+      400,
+      "a code is required",
+    );
+    const entered = await call(fleet, "POST", "/fleet/enter-code", { device_id: "x", code: "AB" });
+    assert.deepEqual(await entered!.json(), { device_id: "x", connected: false, worker: null });
     assert.equal((await call(fleet, "GET", "/fleet/workers/control-1/kill"))?.status, 405);
     assert.equal(await call(fleet, "GET", "/elsewhere"), null);
   } finally {

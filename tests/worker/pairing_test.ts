@@ -1,8 +1,11 @@
 import assert from "node:assert/strict";
 import {
+  formatPairingCode,
   newPairingKeys,
+  PAIRING_CODE_ALPHABET,
   pairingTimeline,
   WHATSAPP_PAIRING,
+  whatsappPairingCode,
   whatsappQrPayload,
 } from "../../worker/pairing.ts";
 
@@ -35,4 +38,13 @@ Deno.test("a rotated QR keeps the device keys and changes only the reference", (
   const [refB, ...keysB] = whatsappQrPayload(keys).split(",");
   assert.notEqual(refA, refB);
   assert.deepEqual(keysA, keysB);
+});
+
+Deno.test("a pairing code is 8 characters of Baileys' alphabet, shown as ABCD-EFGH", () => {
+  const codes = Array.from({ length: 500 }, whatsappPairingCode);
+  for (const code of codes) assert.match(code, /^[1-9A-HJ-NP-TV-Z]{8}$/);
+  assert.ok(new Set(codes).size > 495, "random, not repeated");
+  const used = new Set(codes.join(""));
+  assert.equal(used.size, PAIRING_CODE_ALPHABET.length, "every character of the alphabet occurs");
+  assert.equal(formatPairingCode("ABCD1234"), "ABCD-1234");
 });

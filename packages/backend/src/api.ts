@@ -30,6 +30,13 @@ export interface AssignedDevice {
    * QR (`claim_devices` row with status `reconnecting`). Absent means false.
    */
   resume?: boolean;
+  /**
+   * E.164 digits without `+` (what Baileys' `requestPairingCode` takes) when
+   * the owner asked to link by phone number and no fresh code is published
+   * at this epoch: ask WhatsApp for a code and publish it. Null (or absent)
+   * means there is nothing to do, not that a request was cancelled.
+   */
+  pairingPhone?: string | null;
 }
 
 export interface FencedWrite {
@@ -61,6 +68,8 @@ export interface BackendApi {
   heartbeat(input: HeartbeatInput): Promise<Heartbeat>;
   claimDevices(serverId: string, limit: number): Promise<AssignedDevice[]>;
   publishQr(write: FencedWrite & { qr: string; expiresAt: Date }): Promise<void>;
+  /** `publish_device_pairing_code`, fenced; `no_pairing_request` when none is pending. */
+  publishPairingCode(write: FencedWrite & { code: string; expiresAt: Date }): Promise<void>;
   reportStatus(write: FencedWrite & { status: DeviceStatus; error?: string }): Promise<void>;
   shutdown(serverId: string): Promise<{ released: number; reassigned: number }>;
   /** Writes one batch of session entries atomically (`device_session_write`), fenced. */
@@ -92,6 +101,7 @@ export type BackendErrorCode =
   | "fenced"
   | "not_found"
   | "not_connecting"
+  | "no_pairing_request"
   | "server_not_live"
   | "server_disabled"
   | "forbidden"
@@ -110,6 +120,7 @@ const KNOWN_CODES: BackendErrorCode[] = [
   "fenced",
   "not_found",
   "not_connecting",
+  "no_pairing_request",
   "server_not_live",
   "server_disabled",
   "forbidden",
@@ -176,6 +187,7 @@ export function supabaseBackend(client: SupabaseClient, requestTimeoutMs = 5_000
           device_name: string | null;
           status: string;
           claimed: boolean;
+          pairing_phone: string | null;
         }[]
       >("claim_devices", { p_server_id: serverId, p_limit: limit });
       return (rows ?? []).map((row) => ({
@@ -184,6 +196,7 @@ export function supabaseBackend(client: SupabaseClient, requestTimeoutMs = 5_000
         deviceName: row.device_name,
         claimed: row.claimed,
         resume: row.status === "reconnecting",
+        pairingPhone: row.pairing_phone ?? null,
       }));
     },
     async publishQr(write) {
@@ -192,6 +205,15 @@ export function supabaseBackend(client: SupabaseClient, requestTimeoutMs = 5_000
         p_server_id: write.serverId,
         p_epoch: write.epoch,
         p_qr: write.qr,
+        p_expires_at: write.expiresAt.toISOString(),
+      });
+    },
+    async publishPairingCode(write) {
+      await call("publish_device_pairing_code", {
+        p_device_id: write.deviceId,
+        p_server_id: write.serverId,
+        p_epoch: write.epoch,
+        p_code: write.code,
         p_expires_at: write.expiresAt.toISOString(),
       });
     },

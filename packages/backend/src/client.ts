@@ -5,6 +5,7 @@
  *   heartbeat loop  server_heartbeat        → renews our lease
  *   claim loop      claim_devices           → the devices we must work on now
  *   per device      fenced writes           → carry (server, epoch); `fenced` drops the device
+ *   pairing codes   claim's pairing_phone   → handler.requestPairingCode, then the fenced publish
  *   on shutdown     server_shutdown         → our devices go to live servers at once
  *
  * The application supplies a `DeviceHandler`: `start` opens a device's socket
@@ -57,6 +58,12 @@ export interface BackendClientConfig {
    * GC pause, a frozen VM) and prove the database fences it anyway.
    */
   selfFencing: boolean;
+  /**
+   * After the handler failed to get a pairing code, wait this long before
+   * asking WhatsApp again for the same number: it flags numbers that ask too
+   * often.
+   */
+  pairingRetryMs: number;
 }
 
 export const DEFAULT_CLIENT_CONFIG: Omit<BackendClientConfig, "serverName"> = {
@@ -68,6 +75,7 @@ export const DEFAULT_CLIENT_CONFIG: Omit<BackendClientConfig, "serverName"> = {
   tickMs: 100,
   metadata: {},
   selfFencing: true,
+  pairingRetryMs: 30_000,
 };
 
 /** Why the client stopped a device. */
@@ -139,6 +147,13 @@ export type BackendClientEvent =
     epoch: number;
     reason: StopReason;
   }
+  /** The handler was asked for a pairing code (the number is never in an event). */
+  | { type: "pairing_code_requested"; deviceId: string; epoch: number }
+  | { type: "pairing_code_published"; deviceId: string; epoch: number; expiresAt: string }
+  /** The database refused the code (`fenced`, `no_pairing_request`, …). */
+  | { type: "pairing_code_rejected"; deviceId: string; epoch: number; code: string }
+  /** The handler could not get a code; asked again after `pairingRetryMs`. */
+  | { type: "pairing_code_failed"; deviceId: string; epoch: number; error: string }
   | { type: "self_fenced"; devices: number; leaseValidUntil: number }
   | { type: "shutdown"; released: number; reassigned: number }
   | { type: "error"; step: string; error: string };
@@ -153,6 +168,34 @@ export interface DeviceHandler {
   start(device: HeldDevice): void | Promise<void>;
   /** The device is not ours any more: close its socket now, write nothing. */
   stop(device: HeldDevice, reason: StopReason): void | Promise<void>;
+  /**
+   * Optional: the owner asked to link this pairing device by phone number.
+   * Ask WhatsApp for a code (Baileys: `sock.requestPairingCode(phone)`) and
+   * return it with the moment it stops being usable; the client publishes it,
+   * fenced. `phone` is E.164 digits without `+`; never log it. Called once per
+   * pending request at this epoch, and again only when the database no longer
+   * finds the published code fresh (it expired, or the owner asked again); a
+   * new epoch (the device moved) asks again.
+   */
+  requestPairingCode?(device: HeldDevice, phone: string): Promise<PairingCode>;
+}
+
+export interface PairingCode {
+  /** As WhatsApp gives it: 8 characters, no dash (Baileys returns e.g. "ABCD1234"). */
+  code: string;
+  expiresAt: Date;
+}
+
+/** Where one device's pending pairing-code request stands, at one epoch. */
+interface PairingCodeState {
+  phone: string;
+  inFlight: boolean;
+  /** A code WhatsApp gave us whose publish got no answer: publish it again, ask nothing. */
+  unpublished: PairingCode | null;
+  /** Claims numbered up to this one may have been answered before our publish landed. */
+  settledAtClaim: number;
+  /** No new request to the handler before this time. */
+  retryAt: number;
 }
 
 /** The database says this device is no longer ours to work on. */
@@ -179,6 +222,8 @@ export class HeldDevice {
   readonly #abort = new AbortController();
   readonly #client: BackendClient;
   #phase: DevicePhase;
+  /** @internal The pending pairing-code request, if any (BackendClient owns it). */
+  _pairingCode: PairingCodeState | null = null;
 
   constructor(
     readonly deviceId: string,
@@ -245,6 +290,29 @@ export class HeldDevice {
   }
 
   /**
+   * Publish a pairing code (fenced); emits `pairing_code_published` or
+   * `pairing_code_rejected`. The client calls this itself with what
+   * `DeviceHandler.requestPairingCode` returned.
+   */
+  async publishPairingCode(code: string, expiresAt: Date): Promise<void> {
+    const event = { deviceId: this.deviceId, epoch: this.epoch };
+    try {
+      await this.fenced(
+        "publish_pairing_code",
+        (write) => this.#client.backend.publishPairingCode({ ...write, code, expiresAt }),
+      );
+    } catch (error) {
+      this.#client._emit({ type: "pairing_code_rejected", ...event, code: errorCode(error) });
+      throw error;
+    }
+    this.#client._emit({
+      type: "pairing_code_published",
+      ...event,
+      expiresAt: expiresAt.toISOString(),
+    });
+  }
+
+  /**
    * Report a status (fenced). `connected` makes the device linked; a final
    * status (`qr_timeout`, `logged_out`, `disconnected`, `error`) stops it.
    */
@@ -300,6 +368,8 @@ export class BackendClient {
   #stopped = new AbortController();
   /** Cuts the heartbeat loop's sleep short when the database says we are not live. */
   #heartbeatNow = new AbortController();
+  /** Claims started so far: tells an answer sent before a publish landed from a later one. */
+  #claims = 0;
 
   constructor(options: BackendClientOptions) {
     this.backend = options.backend;
@@ -387,6 +457,7 @@ export class BackendClient {
     const serverId = this.#serverId;
     if (this.#stopped.signal.aborted || serverId === null) return;
     if (!this.lease.isValid(this.#clock.now())) return;
+    const claimNumber = ++this.#claims;
     const limit = Math.min(
       this.config.claimLimit,
       this.config.maxCapacity ?? Number.POSITIVE_INFINITY,
@@ -423,6 +494,12 @@ export class BackendClient {
     }
     for (const device of assigned) {
       if (!this.#devices.has(device.deviceId)) this.#start(device);
+    }
+    for (const device of assigned) {
+      const held = this.#devices.get(device.deviceId);
+      if (device.pairingPhone && held?.epoch === device.epoch) {
+        this.#pairingCodeWanted(held, device.pairingPhone, claimNumber);
+      }
     }
   }
 
@@ -566,6 +643,67 @@ export class BackendClient {
       resume: device.resume,
     });
     this.#callHandler("start", () => this.#handler.start(device));
+  }
+
+  /**
+   * A claim (number `claimNumber`) says `device` needs a pairing code for
+   * `phone`. The database stops saying so once a code is published and fresh;
+   * what it cannot know is a request still on its way, or an answer it sent
+   * before our publish landed, so those are skipped here.
+   */
+  #pairingCodeWanted(device: HeldDevice, phone: string, claimNumber: number): void {
+    let state = device._pairingCode;
+    if (state?.phone !== phone) {
+      // A first request, or the owner asked again with another number.
+      state = { phone, inFlight: false, unpublished: null, settledAtClaim: 0, retryAt: 0 };
+      device._pairingCode = state;
+    }
+    if (state.inFlight || claimNumber <= state.settledAtClaim) return;
+    const now = this.#clock.now();
+    if (!state.unpublished && now < state.retryAt) return;
+    state.inFlight = true;
+    this.#supplyPairingCode(device, state)
+      .catch((error) => this._emit({ type: "error", step: "pairing_code", error: describe(error) }))
+      .finally(() => state.inFlight = false);
+  }
+
+  async #supplyPairingCode(device: HeldDevice, state: PairingCodeState): Promise<void> {
+    const event = { deviceId: device.deviceId, epoch: device.epoch };
+    let code = state.unpublished;
+    if (code && code.expiresAt.getTime() <= this.#clock.now()) code = null;
+    if (!code) {
+      if (!this.#handler.requestPairingCode) {
+        state.retryAt = Number.POSITIVE_INFINITY;
+        this._emit({
+          type: "pairing_code_failed",
+          ...event,
+          error: "the device handler has no requestPairingCode",
+        });
+        return;
+      }
+      this._emit({ type: "pairing_code_requested", ...event });
+      try {
+        code = await this.#handler.requestPairingCode(device, state.phone);
+      } catch (error) {
+        state.retryAt = this.#clock.now() + this.config.pairingRetryMs;
+        // A handler's message may quote the number; it must not reach a log.
+        const message = describe(error).replaceAll(state.phone, "<phone>");
+        this._emit({ type: "pairing_code_failed", ...event, error: message });
+        return;
+      }
+      state.unpublished = code;
+    }
+    // Stopped, or the owner asked with another number meanwhile: this code is for nobody.
+    if (!device.held || device._pairingCode !== state) return;
+    try {
+      await device.publishPairingCode(code.code, code.expiresAt);
+    } catch (error) {
+      // `unavailable`: the next claim that still shows the number publishes this code again.
+      // `fenced` and co. stopped the device in `_fenced`.
+      if (errorCode(error) !== "no_pairing_request") return;
+    }
+    state.unpublished = null;
+    state.settledAtClaim = this.#claims;
   }
 
   #stopAll(reason: StopReason): void {
