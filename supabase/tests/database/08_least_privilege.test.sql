@@ -3,7 +3,7 @@
 -- one user's long-polls and reassignments are bounded.
 begin;
 \ir reset_fleet.psql
-select plan(53);
+select plan(60);
 
 -- Claims as PostgREST sets them: two backend accounts, their owner-user, and a
 -- user who put a server name where users may write (user_metadata).
@@ -252,6 +252,32 @@ select throws_ok($$delete from public.device_assignment_events$$, 'PT403', 'audi
   'even the table''s owner cannot delete audit rows outside the retention purge');
 select throws_ok($$update public.device_assignment_events set actor = 'nobody'$$, 'PT403', 'audit_append_only',
   'even the table''s owner cannot rewrite audit rows');
+
+-- What the secret key could still do to the trail (second review) ---------------------------------
+-- The retention purge is the one way rows leave, so whoever sets event_retention
+-- decides what survives: with the secret key (service_role may update
+-- assignment_settings through the Data API) a compromised operator credential
+-- could set it to a second and let the next purge erase the trail.
+set local role service_role;
+select set_config('request.jwt.claims', :'operator', true);
+select throws_ok($$update public.assignment_settings set event_retention = '1 second'$$, '23514', null,
+  'service_role cannot shorten event_retention so that the next purge erases recent history');
+select throws_ok($$update public.assignment_settings set event_retention = '-1 year'$$, '23514', null,
+  'nor make it negative, which would purge every row');
+select throws_ok($$update public.assignment_settings set event_retention = '6 days 23:59:59'$$, '23514', null,
+  'the floor is seven days');
+select lives_ok($$update public.assignment_settings set event_retention = '90 days'$$,
+  'an operator may still keep history longer');
+-- The trail's id is an identity primary key: rewinding its sequence would make
+-- every later audit insert, and with it every device move, fail on a duplicate.
+select throws_ok($$select setval('public.device_assignment_events_id_seq', 1)$$, '42501', null,
+  'service_role cannot rewind the audit trail''s id sequence');
+select throws_ok($$select nextval('public.device_assignment_events_id_seq')$$, '42501', null,
+  'nor draw ids from it: only the one writer (security definer) numbers audit rows');
+reset role;
+select set_config('request.jwt.claims', '', true);
+select is((select count(*)::int from public.assignment_settings where event_retention < interval '7 days'), 0,
+  'no database keeps a retention under the floor');
 
 select * from finish();
 rollback;
