@@ -219,6 +219,10 @@ function render(view: DeviceView): void {
   codeBox.hidden = !code;
   card.dataset.pairingCode = code ? "shown" : "";
   if (code) codeBox.querySelector(".code")!.textContent = formatPairingCode(code.code);
+  // The code can arrive through the card's own long-poll before the request's
+  // answer: then "asking…" is done, while an error stays until the next try.
+  const progress = card.querySelector<HTMLElement>(".phone-status")!;
+  if (code && !progress.classList.contains("problem")) phoneStatus(view, "");
   updateExpiry(view);
 }
 
