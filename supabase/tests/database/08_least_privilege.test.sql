@@ -3,7 +3,7 @@
 -- one user's long-polls and reassignments are bounded.
 begin;
 \ir reset_fleet.psql
-select plan(60);
+select plan(73);
 
 -- Claims as PostgREST sets them: two backend accounts, their owner-user, and a
 -- user who put a server name where users may write (user_metadata).
@@ -177,6 +177,44 @@ reset role;
 select set_config('request.jwt.claims', '', true);
 select ok(public.assignment_health() -> 'device_errors' @> '[{"last_error": "socket to 10.0.0.7:5222 reset"}]',
   'operators read the text in assignment_health');
+select ok(public.assignment_health() -> 'device_errors' @> jsonb_build_array(jsonb_build_object(
+    'device_id', 'd0000000-0000-4000-8000-000000000001', 'last_error_code', 'qr_timeout',
+    'reported_by_server', '5e000000-0000-4000-8000-00000000000b')),
+  'with its code and the server that reported it');
+
+-- The table endpoint (supabase.from('devices').select(...)) reads what RLS lets the owner see.
+set local role authenticated;
+select set_config('request.jwt.claims', :'owner', true);
+select is((select last_error from public.devices where id = 'd0000000-0000-4000-8000-000000000001'),
+  'qr_timeout', 'the owner reading the devices table finds the code in last_error');
+select is((select count(*)::int from public.devices d where d::text like '%10.0.0.7%'), 0,
+  'and the server''s text in no column of any row');
+select throws_ok($$select * from device_assignment.device_error_text$$, '42501', null,
+  'the text''s own table is closed to users');
+set local role service_role;
+select set_config('request.jwt.claims', :'operator', true);
+select throws_ok($$select * from device_assignment.device_error_text$$, '42501', null,
+  'and to the secret key outside assignment_health');
+-- A legacy backend writes the column itself, with the secret key.
+update public.devices set last_error = 'ECONNREFUSED 10.0.0.8:443'
+ where id = 'd0000000-0000-4000-8000-000000000001';
+reset role;
+select set_config('request.jwt.claims', '', true);
+select is((select last_error from public.devices where id = 'd0000000-0000-4000-8000-000000000001'),
+  'qr_timeout', 'text written straight into the table is stored as its code');
+select ok(public.assignment_health() -> 'device_errors' @> '[{"last_error": "ECONNREFUSED 10.0.0.8:443"}]',
+  'and its text reaches operators');
+
+set local role authenticated;
+select set_config('request.jwt.claims', :'srv_b', true);
+select is(public.report_device_status('d0000000-0000-4000-8000-000000000001',
+    '5e000000-0000-4000-8000-00000000000b', 3, 'connecting', null) ->> 'status',
+  'connecting', 'the server reports the device pairing again');
+reset role;
+select set_config('request.jwt.claims', '', true);
+select is((select count(*)::int from device_assignment.device_error_text
+            where device_id = 'd0000000-0000-4000-8000-000000000001'), 0,
+  'clearing the error clears its text');
 
 -- Disabling a server ---------------------------------------------------------------------------------
 set local role service_role;
@@ -278,6 +316,22 @@ reset role;
 select set_config('request.jwt.claims', '', true);
 select is((select count(*)::int from public.assignment_settings where event_retention < interval '7 days'), 0,
   'no database keeps a retention under the floor');
+
+-- Upgrade: text stored before the split -------------------------------------------------------------
+-- A row as 20261201190000_private_error_text.sql finds it on an existing
+-- project: planted with the trigger off, then split by the migration's own step.
+alter table public.devices disable trigger devices_keep_error_text_private;
+insert into public.devices (id, user_id, device_name, status, last_error) values
+  ('d0000000-0000-4000-8000-000000000005', 'a0000000-0000-4000-8000-000000000001', 'old error',
+   'disconnected', 'Stream Errored (conflict) from 10.0.0.9');
+alter table public.devices enable trigger devices_keep_error_text_private;
+select is(device_assignment.hide_error_texts(), 1, 'the upgrade finds the one row that holds text');
+select is((select last_error from public.devices where id = 'd0000000-0000-4000-8000-000000000005'),
+  'disconnected', 'and leaves its code in last_error');
+select is((select error_text from device_assignment.device_error_text
+            where device_id = 'd0000000-0000-4000-8000-000000000005'),
+  'Stream Errored (conflict) from 10.0.0.9', 'with its text in the private table');
+select is(device_assignment.hide_error_texts(), 0, 'run again, it finds nothing');
 
 select * from finish();
 rollback;
