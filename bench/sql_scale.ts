@@ -103,9 +103,9 @@ export async function generateDevices(sql: Sql, n: number): Promise<number> {
   const started = performance.now();
   const users = Math.max(100, Math.floor(n / 10));
   await sql.unsafe(`
-    truncate public.device_assignment_events, device_assignment.device_sessions,
-      device_assignment.pairing_requests, public.devices,
-      public.bench_orphan_pool;
+    -- cascade: every table that hangs off a device (sessions, pairing requests,
+    -- error texts, and whatever comes next) goes with it.
+    truncate public.device_assignment_events, public.devices, public.bench_orphan_pool cascade;
     insert into auth.users (id, aud, role, email, created_at, updated_at)
     select ${uuidOf("user", "i")}, 'authenticated', 'authenticated',
            'bench-' || i || '@example.test', now(), now()
