@@ -26,7 +26,11 @@
  *   8. no session lost while linked: a `connected` or `reconnecting` device
  *      always has its stored creds, a linked device never falls back to
  *      pairing, and after the run every linked device is `connected` on a
- *      live server, without a QR.
+ *      live server, without a QR;
+ *   8b. and held there: a live worker of that server has it at the row's
+ *      epoch. (A server SIGKILLed and restarted under its name before its
+ *      lease lapses keeps its id, so the database never fails its linked
+ *      devices over, while the new process holds none of them.)
  *
  * Users scan some QRs, so linked devices meet the kills and partitions: their
  * sessions fail over to live servers, which resume them from the store, and
@@ -161,7 +165,7 @@ export interface SessionFigures {
   staleProbes: { attempted: number; fenced: number; other: Record<string, number> };
   /** Moments two or more live workers believed they held one device, each tried against the fence. */
   holderChecks: number;
-  /** Devices seen `connected` during the run, and how many of them were once it settled. */
+  /** Devices seen `connected` during the run: linked ones, which must end connected. */
   linkedAtEnd: number;
   /** Linked devices connected on a live server, without a QR, once the run settled. */
   connectedAtEnd: number;
@@ -331,6 +335,8 @@ async function chaosOn(
   };
   /** Devices seen `connected` at least once: linked, so they must stay linked. */
   const everLinked = new Set<string>();
+  /** Rows the self-check corrupts on purpose (--inject-violations). */
+  const corrupted = new Set<string>();
   /**
    * What each live worker process believes, from its events: its server id and
    * the devices it holds, at which epoch. A process that exits or is killed
@@ -414,6 +420,14 @@ async function chaosOn(
       sessionReported.add(`${kind}:${deviceId}`);
       violate(invariant, message);
     };
+    /** Since when a device the database calls connected on a live server has had no live holder. */
+    const unheldSince = new Map<string, number>();
+    const HOLDER_GRACE_MS = 2_000;
+    const heldBy = (row: SnapshotRow) =>
+      [...beliefs.values()].some((b) =>
+        b.serverId === row.assigned_server_id &&
+        b.devices.get(row.id) === Number(row.assignment_epoch)
+      );
     const checkSession = (row: SnapshotRow): void => {
       const linkedNow = row.status === "connected" || row.status === "reconnecting";
       if (row.status === "connected") everLinked.add(row.id);
@@ -433,6 +447,20 @@ async function chaosOn(
           `device ${row.id} was linked, now ${row.status} (last_error ${row.last_error})`,
         );
       }
+      if (row.status === "connected" && row.on_live_server && !heldBy(row)) {
+        const key = `${row.id}@${row.assignment_epoch}`;
+        const since = unheldSince.get(key) ?? row.at.getTime();
+        unheldSince.set(key, since);
+        if (row.at.getTime() - since > HOLDER_GRACE_MS && !corrupted.has(row.id)) {
+          violateOnce(
+            "session_held",
+            key,
+            "unheld",
+            `device ${row.id}, connected at epoch ${row.assignment_epoch} on a live server, ` +
+              `has had no live worker holding it for over ${HOLDER_GRACE_MS} ms`,
+          );
+        }
+      } else unheldSince.delete(`${row.id}@${row.assignment_epoch}`);
       if (row.probe_landed) {
         violateOnce(
           "session_write",
@@ -735,7 +763,6 @@ async function chaosOn(
     };
     let injected = !options.injectViolations;
     let linkedPartitioned = false;
-    const corrupted = new Set<string>();
     /**
      * Once a third of the way in: the server holding the most linked devices
      * loses its control plane without fencing itself, past its lease, so its
