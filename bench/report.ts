@@ -8,6 +8,7 @@ import type { MemoryReport, MemoryRun } from "./memory.ts";
 import { fmt, type Summary } from "./lib/stats.ts";
 import type { CostCell, Endpoint, RequestCostReport } from "./request_cost.ts";
 import type { SessionFailoverReport } from "./session_failover.ts";
+import type { SessionStoreReport } from "./session_store.ts";
 import type { Plan, ScaleReport } from "./sql_scale.ts";
 
 export interface Environment {
@@ -33,6 +34,7 @@ export interface BenchResults {
   sqlScale: ScaleReport | null;
   failover: FailoverReport | null;
   sessionFailover: SessionFailoverReport | null;
+  sessionStore: SessionStoreReport | null;
   memory: MemoryReport | null;
 }
 
@@ -474,6 +476,32 @@ function sessionFailoverSection(f: SessionFailoverReport, verdicts: Verdict[]): 
   return lines.join("\n");
 }
 
+function sessionStoreSection(r: SessionStoreReport): string {
+  const kib = (n: number) => `${fmt(n / 1024)} KiB`;
+  const lines = [
+    "What one Baileys device costs the fenced session store: each `creds.update` (saveCreds) and each `keys.set` batch, as `useDeviceAuthState` hands it to `device_session_write`, and what the device holds once linked.",
+    "",
+    "| Baileys write | entries | calls | rows written | ms per call |",
+    "|---|---:|---:|---:|---:|",
+    ...r.writes.map((w) =>
+      `| ${w.event} | ${w.entries} | ${fmt(w.calls)} | ${fmt(w.rowsWritten)} | ${fmt(w.ms)} |`
+    ),
+    "",
+    `One device (creds, ${r.initialPreKeys} pre-keys, ${r.sessions} contacts): **${r.device.rows} rows, ${
+      kib(r.device.valueBytes)
+    } of values, ${
+      kib(r.device.rowBytes)
+    } of rows**; the creds entry is ${r.credsPlainBytes} bytes of JSON, ${r.credsStoredBytes} stored.`,
+    "",
+    "| entry type | rows | bytes per value |",
+    "|---|---:|---:|",
+    ...r.perType.map((t) => `| ${t.type} | ${t.rows} | ${t.meanBytes} |`),
+    "",
+    r.notes.join("\n"),
+  ];
+  return lines.join("\n");
+}
+
 export function renderReport(
   results: BenchResults,
 ): { markdown: string; charts: Record<string, string> } {
@@ -510,6 +538,9 @@ export function renderReport(
       "\n## 2b. Session failover (linked devices)\n",
       sessionFailoverSection(results.sessionFailover, verdicts),
     );
+  }
+  if (results.sessionStore) {
+    sections.push("\n## 2c. Session store cost\n", sessionStoreSection(results.sessionStore));
   }
   if (results.sqlScale) {
     sections.push(

@@ -11,11 +11,13 @@
  *                                      get-device-qr restarting or over the
  *                                      hosted memory cap), never on a speed figure
  *
- * Options: --only=sql,cost,failover,session,memory (sections to run; the quick
- * run leaves out session unless named), --out=<dir>.
+ * Options: --only=sql,cost,failover,session,store,memory (sections to run; the
+ * quick run leaves out session unless named; store, about 5 s, is in it),
+ * --out=<dir>.
  *
  * Needs the local database (local/db.sh start); it works only in databases of
- * its own (bench_scale, bench_http, bench_failover), dropped at the end, and
+ * its own (bench_scale, bench_http, bench_failover, bench_session, bench_store),
+ * dropped at the end, and
  * in a private gateway on a free port, so tests running against the shared
  * stack are not disturbed.
  */
@@ -25,14 +27,15 @@ import { type BenchResults, type Environment, renderReport } from "./report.ts";
 import { memoryProblems, runMemory } from "./memory.ts";
 import { runRequestCost } from "./request_cost.ts";
 import { runSessionFailover } from "./session_failover.ts";
+import { runSessionStore, storeProblems } from "./session_store.ts";
 import { runSqlScale } from "./sql_scale.ts";
 
 const args = new Set(Deno.args);
 const quick = args.has("--quick");
 const only = Deno.args.find((a) => a.startsWith("--only="))?.slice(7).split(",") ??
   (quick
-    ? ["sql", "cost", "failover", "memory"]
-    : ["sql", "cost", "failover", "session", "memory"]);
+    ? ["sql", "cost", "failover", "store", "memory"]
+    : ["sql", "cost", "failover", "session", "store", "memory"]);
 const outDir = Deno.args.find((a) => a.startsWith("--out="))?.slice(6) ??
   (quick ? `${REPO}/test-results/bench` : `${REPO}/bench/results`);
 const started = performance.now();
@@ -88,6 +91,7 @@ const results: BenchResults = {
   sqlScale: null,
   failover: null,
   sessionFailover: null,
+  sessionStore: null,
   memory: null,
 };
 
@@ -123,6 +127,9 @@ if (only.includes("session")) {
     log,
   });
 }
+if (only.includes("store")) {
+  results.sessionStore = await runSessionStore({ sessions: quick ? 10 : 50, log });
+}
 if (only.includes("memory")) {
   results.memory = await runMemory({
     requests: quick ? 2_000 : 100_000,
@@ -152,6 +159,7 @@ log(`wrote ${outDir}/REPORT.md`);
 // The smoke run is a test: it fails on wrong behaviour, not on slow figures.
 // Memory over the hosted cap is wrong behaviour there: the function would be restarted.
 const problems: string[] = results.memory ? memoryProblems(results.memory) : [];
+if (results.sessionStore) problems.push(...storeProblems(results.sessionStore));
 for (const cell of results.requestCost?.cells ?? []) {
   const errors = cell.runs.reduce((s, r) => s + r.errors, 0);
   if (errors > 0) {

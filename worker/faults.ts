@@ -2,13 +2,32 @@
  * Network faults for the fleet simulator, applied between a worker and the
  * database. A partition cuts the control plane (heartbeats and claims) while
  * the device writes still reach the database, the case the fencing exists for.
+ *
+ * It also reports every session write with the (server, epoch) it carried and
+ * whether the database took it, so the chaos run can check that none was
+ * accepted from a server that no longer held the device.
  */
 import { type BackendApi, BackendError } from "../packages/backend/src/api.ts";
+
+/** One `device_session_write` as the worker sent it, and the database's answer. */
+export type SessionWriteEvent = {
+  type: "session_write";
+  deviceId: string;
+  serverId: string;
+  epoch: number;
+  entries: number;
+  attemptedAt: number;
+  accepted: boolean;
+  code?: string;
+};
 
 export class FaultyBackend implements BackendApi {
   partitioned = false;
 
-  constructor(private readonly inner: BackendApi) {}
+  constructor(
+    private readonly inner: BackendApi,
+    private readonly onSessionWrite: (event: SessionWriteEvent) => void = () => {},
+  ) {}
 
   #cut(): void {
     if (this.partitioned) {
@@ -43,8 +62,23 @@ export class FaultyBackend implements BackendApi {
   }
 
   // Like publishQr: a partitioned server's late writes still arrive, for the fence to refuse.
-  writeSession(...args: Parameters<BackendApi["writeSession"]>) {
-    return this.inner.writeSession(...args);
+  async writeSession(...args: Parameters<BackendApi["writeSession"]>) {
+    const [write, entries] = args;
+    const event = {
+      type: "session_write" as const,
+      ...write,
+      entries: entries.length,
+      attemptedAt: Date.now(),
+    };
+    try {
+      const result = await this.inner.writeSession(...args);
+      this.onSessionWrite({ ...event, accepted: true });
+      return result;
+    } catch (error) {
+      const code = error instanceof BackendError ? error.code : "unexpected";
+      this.onSessionWrite({ ...event, accepted: false, code });
+      throw error;
+    }
   }
 
   readSession(...args: Parameters<BackendApi["readSession"]>) {

@@ -13,7 +13,7 @@
  *
  * Environment: WORKER_NAME, WORKER_MAX_CAPACITY, WORKER_CLAIM_BATCH, WORKER_POLL_MS,
  * WORKER_HEARTBEAT_MS, WORKER_LEASE_FRACTION, QR_FIRST_TTL_MS, QR_ROTATION_MS,
- * QR_MAX, QR_GENERATION_MS, WORKER_RESUME_MS.
+ * QR_MAX, QR_GENERATION_MS, WORKER_RESUME_MS, WORKER_SESSION_TRAFFIC_MS (session_traffic.ts).
  *
  * stdin, one command a line: `scan <device_id>`, `enter-code <device_id> <code>`, `partition` (heartbeats and
  * claims cut, self-fencing suspended: a server that believes it is still live),
@@ -25,6 +25,7 @@
 import { createClient } from "@supabase/supabase-js";
 import { supabaseBackend } from "../packages/backend/src/api.ts";
 import { FaultyBackend } from "./faults.ts";
+import { runSessionTraffic } from "./session_traffic.ts";
 import { DEFAULT_SIMULATOR_CONFIG, SimulatedWhatsApp, WHATSAPP_PAIRING } from "./pairing.ts";
 import { BackendClient, type BackendClientEvent } from "../packages/backend/src/client.ts";
 
@@ -49,7 +50,7 @@ const serverName = Deno.env.get("WORKER_NAME") ??
 const client = createClient(url, apiKey, {
   auth: { persistSession: false, autoRefreshToken: true },
 });
-const backend = new FaultyBackend(supabaseBackend(client));
+const backend = new FaultyBackend(supabaseBackend(client), emit);
 
 let signedIn: (credentials: { email: string; password: string }) => void;
 const credentials = new Promise<{ email: string; password: string }>((resolve) =>
@@ -186,4 +187,9 @@ for (const login = await credentials;;) {
   if (error.status !== undefined && error.status >= 400 && error.status < 500) Deno.exit(1);
   await new Promise((resolve) => setTimeout(resolve, 1_000));
 }
-await Promise.all([server.run(), whatsapp.run(server.stopped)]);
+const trafficMs = numberEnv("WORKER_SESSION_TRAFFIC_MS");
+await Promise.all([
+  server.run(),
+  whatsapp.run(server.stopped),
+  trafficMs ? runSessionTraffic(server, backend, trafficMs, server.stopped) : undefined,
+]);

@@ -15,7 +15,28 @@
  *      while a live server with room exists;
  *   4. no device row is lost or corrupted (owner, name, monotonic epoch);
  *   5. the functions answer every user request with a contract status,
- *      never a 500.
+ *      never a 500;
+ *   6. one session holder: never do two live workers that believe they hold
+ *      the same device both get accepted by the database (each believer's
+ *      server and epoch are tried against the fence, read-only);
+ *   7. no session write from a non-owner: every `device_session_write` the
+ *      database accepted carried the server the epoch was audited to, and was
+ *      sent before a newer epoch was; stale session probes are refused and
+ *      never land;
+ *   8. no session lost while linked: a `connected` or `reconnecting` device
+ *      always has its stored creds, a linked device never falls back to
+ *      pairing, and after the run every linked device is `connected` on a
+ *      live server, without a QR;
+ *   8b. and held there: a live worker of that server has it at the row's
+ *      epoch. (A server SIGKILLed and restarted under its name before its
+ *      lease lapses keeps its id, so the database never fails its linked
+ *      devices over, while the new process holds none of them.)
+ *
+ * Users scan some QRs, so linked devices meet the kills and partitions: their
+ * sessions fail over to live servers, which resume them from the store, and
+ * linked devices write signal keys as message traffic would
+ * (worker/session_traffic.ts), so a partitioned server's late session writes
+ * meet the fence.
  *
  * Loopback only, bounded in time and size, stops by itself, and restores the
  * settings it changes. It shares the database with whatever else runs: it
@@ -36,7 +57,7 @@
  */
 import postgres from "postgres";
 import { closeStack, createUser, getStack, mintAccessToken, type Stack } from "../e2e/harness.ts";
-import { Fleet } from "../../worker/fleet.ts";
+import { Fleet, type FleetEvent } from "../../worker/fleet.ts";
 import { type PrivateStack, startPrivateStack } from "./private_stack.ts";
 
 export interface ChaosOptions {
@@ -98,6 +119,10 @@ export const INVARIANTS = {
   rows_intact: "4. no device row lost or corrupted",
   api_answers: "5. every user request gets a contract status, never a 500",
   outage: "5b. database down: 503 database_unavailable with Retry-After; recovers by itself",
+  session_holder: "6. never two servers with a valid epoch for one session",
+  session_write: "7. no session write accepted from a non-owner",
+  session_kept: "8. no session lost while its device is linked",
+  session_held: "8b. every linked device is held by a live worker of the server the database names",
 } as const;
 export type Invariant = keyof typeof INVARIANTS;
 
@@ -116,12 +141,36 @@ export interface ChaosResult {
   reassignments: Record<string, number>;
   publishesAccepted: number;
   publishesFenced: number;
+  sessions: SessionFigures;
   snapshots: number;
   longestOrphanMs: number;
   longestOrphanWithRoomMs: number;
   orphanEpisodes: number;
   violations: Record<Invariant, string[]>;
   report: string;
+}
+
+/** What the run did to linked devices, for the report. */
+export interface SessionFigures {
+  /** Devices linked by a simulated scan during the run. */
+  linked: number;
+  /** Audit rows with reason `session_failover` (a linked device moved to a live server). */
+  failovers: number;
+  resumesStarted: number;
+  /** A resuming device reported `connected`. */
+  resumesConnected: number;
+  writesAccepted: number;
+  writesFenced: number;
+  writesOther: number;
+  staleProbes: { attempted: number; fenced: number; other: Record<string, number> };
+  /** Moments two or more live workers believed they held one device, each tried against the fence. */
+  holderChecks: number;
+  /** Devices seen `connected` during the run: linked ones, which must end connected. */
+  linkedAtEnd: number;
+  /** Linked devices connected on a live server, without a QR, once the run settled. */
+  connectedAtEnd: number;
+  /** How long the settling after the faults took until then. */
+  settleMs: number;
 }
 
 /** Orphan bound: a worker poll picks an orphan up; maintenance every 10 s backs it up. */
@@ -165,6 +214,12 @@ interface SnapshotRow {
   stale_probe: boolean;
   orphaned: boolean;
   room: boolean;
+  assigned_server_id: string | null;
+  last_error: string | null;
+  has_qr: boolean;
+  has_creds: boolean;
+  probe_landed: boolean;
+  on_live_server: boolean;
   at: Date;
 }
 
@@ -232,6 +287,10 @@ async function chaosOn(
     rows_intact: [],
     api_answers: [],
     outage: [],
+    session_holder: [],
+    session_write: [],
+    session_kept: [],
+    session_held: [],
   };
   const violate = (invariant: Invariant, message: string) => {
     if (violations[invariant].length < 50) violations[invariant].push(message);
@@ -260,6 +319,45 @@ async function chaosOn(
   let longestOrphanWithRoomMs = 0;
   let orphanEpisodes = 0;
   const allDeviceIds: string[] = [];
+  const sessions: SessionFigures = {
+    linked: 0,
+    failovers: 0,
+    resumesStarted: 0,
+    resumesConnected: 0,
+    writesAccepted: 0,
+    writesFenced: 0,
+    writesOther: 0,
+    staleProbes: { attempted: 0, fenced: 0, other: {} },
+    holderChecks: 0,
+    linkedAtEnd: 0,
+    connectedAtEnd: 0,
+    settleMs: 0,
+  };
+  /** Devices seen `connected` at least once: linked, so they must stay linked. */
+  const everLinked = new Set<string>();
+  /** Rows the self-check corrupts on purpose (--inject-violations). */
+  const corrupted = new Set<string>();
+  /**
+   * What each live worker process believes, from its events: its server id and
+   * the devices it holds, at which epoch. A process that exits or is killed
+   * believes nothing any more.
+   */
+  const beliefs = new Map<string, { serverId: string | null; devices: Map<string, number> }>();
+  const believe = (event: FleetEvent) => {
+    if (["spawned", "killed", "exited"].includes(event.type)) {
+      beliefs.delete(event.worker);
+      return;
+    }
+    let belief = beliefs.get(event.worker);
+    if (!belief) beliefs.set(event.worker, belief = { serverId: null, devices: new Map() });
+    if (event.type === "heartbeat") belief.serverId = String(event.serverId);
+    else if (event.type === "session_started") {
+      belief.devices.set(String(event.deviceId), Number(event.epoch));
+    } else if (
+      event.type === "session_dropped" &&
+      belief.devices.get(String(event.deviceId)) === Number(event.epoch)
+    ) belief.devices.delete(String(event.deviceId));
+  };
 
   try {
     await db`update public.assignment_settings
@@ -295,9 +393,12 @@ async function chaosOn(
         QR_ROTATION_MS: "1000",
         QR_MAX: "100000",
         QR_GENERATION_MS: "150",
+        // Linked devices write signal keys, so partitioned servers' late writes meet the fence.
+        WORKER_SESSION_TRAFFIC_MS: "400",
       },
       prefix: tag,
       maxEvents: 200_000,
+      onEvent: believe,
     });
     log(
       `chaos ${tag}: seed ${options.seed}, ${options.workers} workers (capacity ${capacity}), ` +
@@ -312,6 +413,110 @@ async function chaosOn(
     const lastEpoch = new Map<string, number>();
     const violatedOrphans = new Set<string>();
     const staleLanded = new Set<string>();
+    /** Each kind of session violation is reported once per device. */
+    const sessionReported = new Set<string>();
+    const violateOnce = (invariant: Invariant, deviceId: string, kind: string, message: string) => {
+      if (sessionReported.has(`${kind}:${deviceId}`)) return;
+      sessionReported.add(`${kind}:${deviceId}`);
+      violate(invariant, message);
+    };
+    /** Since when a device the database calls connected on a live server has had no live holder. */
+    const unheldSince = new Map<string, number>();
+    const HOLDER_GRACE_MS = 2_000;
+    const heldBy = (row: SnapshotRow) =>
+      [...beliefs.values()].some((b) =>
+        b.serverId === row.assigned_server_id &&
+        b.devices.get(row.id) === Number(row.assignment_epoch)
+      );
+    const checkSession = (row: SnapshotRow): void => {
+      const linkedNow = row.status === "connected" || row.status === "reconnecting";
+      if (row.status === "connected") everLinked.add(row.id);
+      if (linkedNow && !row.has_creds) {
+        violateOnce(
+          "session_kept",
+          row.id,
+          "creds",
+          `device ${row.id} is ${row.status} without its stored creds`,
+        );
+      }
+      if (everLinked.has(row.id) && !linkedNow) {
+        violateOnce(
+          "session_kept",
+          row.id,
+          "unlinked",
+          `device ${row.id} was linked, now ${row.status} (last_error ${row.last_error})`,
+        );
+      }
+      if (row.status === "connected" && row.on_live_server && !heldBy(row)) {
+        const key = `${row.id}@${row.assignment_epoch}`;
+        const since = unheldSince.get(key) ?? row.at.getTime();
+        unheldSince.set(key, since);
+        if (row.at.getTime() - since > HOLDER_GRACE_MS && !corrupted.has(row.id)) {
+          violateOnce(
+            "session_held",
+            key,
+            "unheld",
+            `device ${row.id}, connected at epoch ${row.assignment_epoch} on a live server, ` +
+              `has had no live worker holding it for over ${HOLDER_GRACE_MS} ms`,
+          );
+        }
+      } else unheldSince.delete(`${row.id}@${row.assignment_epoch}`);
+      if (row.probe_landed) {
+        violateOnce(
+          "session_write",
+          row.id,
+          "probe",
+          `a stale session probe's entry landed on ${row.id}`,
+        );
+      }
+    };
+
+    /**
+     * Invariant 6: when two or more live workers believe they hold one device,
+     * try each one's server and epoch against the database's own fence
+     * (device_session_read, which changes nothing), with the row locked so
+     * that all of them meet the same row. At most one may pass.
+     */
+    const checkHolders = async (): Promise<void> => {
+      const believers = new Map<string, { worker: string; serverId: string; epoch: number }[]>();
+      for (const [worker, belief] of beliefs) {
+        if (!belief.serverId) continue;
+        for (const [deviceId, epoch] of belief.devices) {
+          const list = believers.get(deviceId) ?? [];
+          list.push({ worker, serverId: belief.serverId, epoch });
+          believers.set(deviceId, list);
+        }
+      }
+      for (const [deviceId, list] of believers) {
+        if (list.length < 2 || !baseline.has(deviceId)) continue;
+        sessions.holderChecks++;
+        const accepted = await db.begin(async (tx) => {
+          await tx`select from public.devices where id = ${deviceId} for update`;
+          const passed: string[] = [];
+          for (const b of list) {
+            const ok = await tx.savepoint((sp) =>
+              sp`select device_assignment.device_session_read(
+                   ${deviceId}, ${b.serverId}, ${b.epoch}, 'creds', array['creds'])`
+            ).then(() => true, (error) => {
+              if (!String(error.message).includes("fenced")) log(`holder check: ${error.message}`);
+              return false;
+            });
+            if (ok) passed.push(`${b.worker} at epoch ${b.epoch}`);
+          }
+          return passed;
+        }).catch((error) => {
+          log(`holder check failed: ${error.message}`);
+          return [] as string[];
+        });
+        if (accepted.length > 1) {
+          violate(
+            "session_holder",
+            `device ${deviceId}: the database accepts ${accepted.join(" and ")} at once`,
+          );
+        }
+      }
+    };
+
     const checkSnapshot = (
       rows: SnapshotRow[],
     ): void => {
@@ -331,6 +536,7 @@ async function chaosOn(
           violate("rows_intact", `device ${row.id} epoch went back from ${before} to ${epoch}`);
         }
         lastEpoch.set(row.id, epoch);
+        checkSession(row);
         if (row.stale_probe && !staleLanded.has(row.id)) {
           staleLanded.add(row.id);
           violate("stale_write", `a stale probe's QR landed on ${row.id}`);
@@ -361,6 +567,7 @@ async function chaosOn(
       }
     };
 
+    let lastRows: SnapshotRow[] = [];
     const snapshotLoop = (async () => {
       while (!stop.signal.aborted) {
         const rows = await db<SnapshotRow[]>`
@@ -375,7 +582,14 @@ async function chaosOn(
           select d.id, d.user_id, d.device_name, d.status, d.assignment_epoch,
                  coalesce(d.qr_code like 'chaos-stale-%', false) as stale_probe,
                  exists (select from device_assignment.orphaned_devices o where o.id = d.id) as orphaned,
-                 room.room, clock_timestamp() as at
+                 room.room, d.assigned_server_id, d.last_error, d.qr_code is not null as has_qr,
+                 exists (select from device_assignment.device_sessions s
+                         where s.device_id = d.id and s.type = 'creds') as has_creds,
+                 exists (select from device_assignment.device_sessions s
+                         where s.device_id = d.id and s.type = 'chaos-probe') as probe_landed,
+                 exists (select from device_assignment.live_servers l
+                         where l.id = d.assigned_server_id) as on_live_server,
+                 clock_timestamp() as at
           from public.devices d, room
           where d.id = any(${allDeviceIds}::uuid[])`.catch((error) => {
           log(`snapshot failed: ${error.message}`);
@@ -384,6 +598,8 @@ async function chaosOn(
         if (rows) {
           snapshots++;
           checkSnapshot(rows);
+          lastRows = rows;
+          await checkHolders();
         }
         await sleep(200, stop.signal);
       }
@@ -401,6 +617,7 @@ async function chaosOn(
       }
     };
 
+    const linkTarget = Math.ceil(options.devices / 2);
     const userLoops = owners.map(async (owner) => {
       while (!stop.signal.aborted && Date.now() < deadline) {
         const deviceId = pick(owner.devices);
@@ -419,10 +636,14 @@ async function chaosOn(
           count("reassign-device (user)", String(again.status));
           checkAnswer("reassign-device", again);
         }
-        if (state === "ready" && random() < 0.01) {
-          // The user scans: the device connects and leaves the churn.
+        // The user scans: the device links and leaves the pairing churn, its
+        // session meets the faults instead. About half the devices get linked.
+        if (
+          state === "ready" && sessions.linked < linkTarget && random() < 0.2 &&
+          Date.now() < deadline - 3_000
+        ) {
           bump(faults, "user scans a QR");
-          await f.scan(deviceId, 3_000).catch(() => null);
+          if (await f.scan(deviceId, 3_000).catch(() => null)) sessions.linked++;
         }
         await sleep(between(100, 400), stop.signal);
       }
@@ -452,8 +673,43 @@ async function chaosOn(
       }
     };
 
+    /**
+     * Writes a session entry as the previous owner of a device at its previous
+     * epoch, preferring linked devices: must be fenced, and never land.
+     */
+    const staleSessionProbe = async (): Promise<void> => {
+      const deviceId = everLinked.size > 0 && random() < 0.7
+        ? pick([...everLinked])
+        : pick(allDeviceIds);
+      const [row] = await db`
+        select e.to_server_id, e.epoch, d.assignment_epoch
+        from public.devices d
+        join public.device_assignment_events e on e.device_id = d.id
+        where d.id = ${deviceId} and e.epoch < d.assignment_epoch and e.to_server_id is not null
+        order by e.epoch desc limit 1`;
+      if (!row) return;
+      sessions.staleProbes.attempted++;
+      const answer = await rpc(stack, "device_session_write", {
+        p_device_id: deviceId,
+        p_server_id: row.to_server_id,
+        p_epoch: Number(row.epoch),
+        p_entries: [{ type: "chaos-probe", id: crypto.randomUUID(), value: "stale" }],
+      });
+      bump(faults, "stale session write probe");
+      if (answer.status === 409 && answer.body?.message === "fenced") sessions.staleProbes.fenced++;
+      else if (answer.status === 200) {
+        violate(
+          "session_write",
+          `session write at epoch ${row.epoch} accepted for ${deviceId} (now ${row.assignment_epoch})`,
+        );
+      } else {
+        bump(sessions.staleProbes.other, `${answer.status} ${answer.body?.message ?? ""}`.trim());
+      }
+    };
+
     /** Writes as the previous owner of a device at its previous epoch: must be fenced. */
     const staleProbe = async (): Promise<void> => {
+      if (random() < 0.5) return await staleSessionProbe();
       const deviceId = pick(allDeviceIds);
       const [row] = await db`
         select e.to_server_id, e.epoch, d.assignment_epoch
@@ -484,6 +740,7 @@ async function chaosOn(
 
     const inject = async () => {
       const [a, b, c] = allDeviceIds;
+      for (const id of allDeviceIds.slice(0, 5)) corrupted.add(id);
       // Disconnected too, so no worker's next QR overwrites it before a snapshot sees it.
       await db`update public.devices set qr_code = 'chaos-stale-injected', status = 'disconnected'
                where id = ${a}`;
@@ -494,8 +751,38 @@ async function chaosOn(
         from public.devices where id = ${b}`;
       await db`update public.devices set assignment_epoch = assignment_epoch - 1 where id = ${c}`;
       bump(faults, "self-check corruptions (expected violations)", 3);
+      const [, , , d, e] = allDeviceIds;
+      if (e) {
+        // A linked device whose creds are gone, and a session entry nobody was allowed to write.
+        await db`delete from device_assignment.device_sessions where device_id = ${d}`;
+        await db`update public.devices set status = 'connected' where id = ${d}`;
+        await db`insert into device_assignment.device_sessions (device_id, type, id, value)
+                 values (${e}, 'chaos-probe', 'injected', 'stale')`;
+        bump(faults, "self-check corruptions (expected violations)", 2);
+      }
     };
     let injected = !options.injectViolations;
+    let linkedPartitioned = false;
+    /**
+     * Once a third of the way in: the server holding the most linked devices
+     * loses its control plane without fencing itself, past its lease, so its
+     * sessions fail over while it goes on writing keys for them.
+     */
+    const partitionLinkedHolder = async () => {
+      const linkedHeld = (worker: string) =>
+        [...(beliefs.get(worker)?.devices.keys() ?? [])].filter((id) => everLinked.has(id)).length;
+      const victim = alive().map((w) => w.name).sort((a, b) => linkedHeld(b) - linkedHeld(a))[0];
+      if (!victim || linkedHeld(victim) === 0) return;
+      linkedPartitioned = true;
+      await f.partition(victim, { selfFencing: false });
+      bump(faults, "partition of the server holding most linked devices (not self-fencing)");
+      later(options.heartbeatTimeoutS * 1_500 + 4 * options.workerPollMs, async () => {
+        if (f.info(victim).state === "partitioned") {
+          await f.heal(victim);
+          bump(faults, "partition healed");
+        }
+      });
+    };
     let outageDone = false;
 
     /**
@@ -564,6 +851,9 @@ async function chaosOn(
           injected = true;
           await inject();
         }
+        if (!linkedPartitioned && Date.now() > started + options.seconds * 330) {
+          await partitionLinkedHolder().catch((error) => log(`linked partition: ${error}`));
+        }
         if (
           privateStack && options.dbRestart && !outageDone &&
           Date.now() > started + options.seconds * 400
@@ -626,9 +916,52 @@ async function chaosOn(
     for (const w of f.list()) {
       if (w.state === "partitioned") await f.heal(w.name).catch(() => {});
     }
+    // Linked devices of a server that is down get back on a live one within the
+    // failover bound: its lease lapses, a claim takes the session, a resume ends.
+    const settleStart = Date.now();
+    const settleBound = options.heartbeatTimeoutS * 1_000 + 4 * options.workerPollMs + 5_000;
     await sleep(Math.min(3_000, options.heartbeatTimeoutS * 500));
+    const settled = (rows: SnapshotRow[]) =>
+      rows.filter((r) =>
+        everLinked.has(r.id) && r.status === "connected" && r.on_live_server && !r.has_qr
+      );
+    while (
+      Date.now() - settleStart < settleBound &&
+      // The self-check's fake linked device never settles; no need to wait for it.
+      settled(lastRows).length < [...everLinked].filter((id) => !corrupted.has(id)).length
+    ) await sleep(250);
     stop.abort();
     await snapshotLoop;
+    sessions.settleMs = Date.now() - settleStart;
+    const atEnd = new Set(settled(lastRows).map((r) => r.id));
+    sessions.connectedAtEnd = atEnd.size;
+    sessions.linkedAtEnd = everLinked.size;
+    // Held by a live worker too: a server that restarted keeps its id, and a
+    // device the database calls connected there must still have its socket.
+    const held = new Map<string, string>();
+    for (const [worker, belief] of beliefs) {
+      for (const [deviceId, epoch] of belief.devices) held.set(`${deviceId}@${epoch}`, worker);
+    }
+    for (const row of lastRows.filter((r) => everLinked.has(r.id))) {
+      if (!atEnd.has(row.id)) {
+        violate(
+          "session_kept",
+          `device ${row.id} was linked; ${sessions.settleMs} ms after the faults it is ${row.status}` +
+            `${row.on_live_server ? "" : " on no live server"}${row.has_qr ? " with a QR" : ""}`,
+        );
+      } else if (!held.has(`${row.id}@${row.assignment_epoch}`)) {
+        const serving = [...beliefs].find(([, b]) => b.serverId === row.assigned_server_id)?.[0];
+        violate(
+          "session_held",
+          `device ${row.id} is connected at epoch ${row.assignment_epoch} on a live server, but ` +
+            `${
+              serving
+                ? `${serving}, the process of that server, does not hold it`
+                : "no live worker holds it"
+            }`,
+        );
+      }
+    }
   } finally {
     stop.abort();
     if (fleet) await fleet.stopAll(3_000).catch((error) => log(`stopAll: ${error}`));
@@ -708,6 +1041,52 @@ async function chaosOn(
     }
   }
 
+  // Invariant 7 from the workers' side: a session write the database accepted
+  // must carry the server its epoch was audited to, and must not start after a
+  // newer epoch was audited (the same margin as for publishes).
+  sessions.failovers = reassignments["session_failover"] ?? 0;
+  const resumes = new Set<string>();
+  for (const event of fleet?.events ?? []) {
+    const deviceId = String(event.deviceId);
+    if (!mine.has(deviceId)) continue;
+    const key = `${event.worker}:${deviceId}:${event.epoch}`;
+    if (event.type === "session_started" && event.resume === true) {
+      sessions.resumesStarted++;
+      resumes.add(key);
+    } else if (
+      event.type === "status_reported" && event.status === "connected" && resumes.has(key)
+    ) sessions.resumesConnected++;
+    if (event.type !== "session_write") continue;
+    if (!event.accepted) {
+      if (event.code === "fenced") sessions.writesFenced++;
+      else sessions.writesOther++;
+      continue;
+    }
+    sessions.writesAccepted++;
+    const epoch = Number(event.epoch);
+    const attemptedAt = Number(event.attemptedAt);
+    const trail = byDevice.get(deviceId) ?? [];
+    const owner = trail.find((e) => Number(e.epoch) === epoch);
+    if (!owner || owner.to_server_id !== event.serverId) {
+      violate(
+        "session_write",
+        `${event.worker} (server ${event.serverId}) wrote ${deviceId}'s session at epoch ${epoch}, ` +
+          `which the audit trail gives to ${owner ? owner.to_server_id : "nobody"}`,
+      );
+      continue;
+    }
+    const newer = trail.find((e) =>
+      Number(e.epoch) > epoch && e.at.getTime() + MARGIN_MS < attemptedAt
+    );
+    if (newer) {
+      violate(
+        "session_write",
+        `${event.worker} wrote ${deviceId}'s session at epoch ${epoch}, ` +
+          `${attemptedAt - newer.at.getTime()} ms after epoch ${newer.epoch} was audited`,
+      );
+    }
+  }
+
   // --- clean up our rows -----------------------------------------------------------------
   try {
     await db`delete from auth.users where id = any(${owners.map((o) => o.id)}::uuid[])`;
@@ -732,6 +1111,7 @@ async function chaosOn(
     reassignments,
     publishesAccepted,
     publishesFenced,
+    sessions,
     snapshots,
     longestOrphanMs,
     longestOrphanWithRoomMs,
@@ -878,6 +1258,19 @@ export function renderReport(r: ChaosResult, orphanBoundMs: number): string {
     (Object.keys(r.staleProbes.other).length
       ? `, other answers: ${JSON.stringify(r.staleProbes.other)}`
       : ""),
+    "",
+    "## Linked sessions",
+    "",
+    `- devices linked by a scan: ${r.sessions.linked}; session failovers (audited): ${r.sessions.failovers}`,
+    `- resumes started: ${r.sessions.resumesStarted}, connected again: ${r.sessions.resumesConnected}`,
+    `- session writes by workers accepted: ${r.sessions.writesAccepted}, fenced: ${r.sessions.writesFenced}` +
+    (r.sessions.writesOther ? `, other failures: ${r.sessions.writesOther}` : ""),
+    `- stale session write probes: ${r.sessions.staleProbes.attempted}, fenced: ${r.sessions.staleProbes.fenced}` +
+    (Object.keys(r.sessions.staleProbes.other).length
+      ? `, other answers: ${JSON.stringify(r.sessions.staleProbes.other)}`
+      : ""),
+    `- moments two live workers believed they held one device (each tried against the fence): ${r.sessions.holderChecks}`,
+    `- linked devices connected on a live server without a QR at the end: ${r.sessions.connectedAtEnd}/${r.sessions.linkedAtEnd} (settled ${r.sessions.settleMs} ms after the faults)`,
     "",
     "## Reassignments (audit trail of our devices)",
     "",
