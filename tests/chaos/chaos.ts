@@ -422,7 +422,11 @@ async function chaosOn(
     };
     /** Since when a device the database calls connected on a live server has had no live holder. */
     const unheldSince = new Map<string, number>();
-    const HOLDER_GRACE_MS = 2_000;
+    // A SIGKILLed server is live to the database until its heartbeat timeout,
+    // and its devices wait for the next claim after that: a linked device may
+    // be held by nobody that long, never longer (a restart under the same name,
+    // or a self-fence the database did not see, used to make it forever).
+    const HOLDER_GRACE_MS = options.heartbeatTimeoutS * 1_000 + options.workerPollMs + 2_000;
     const heldBy = (row: SnapshotRow) =>
       [...beliefs.values()].some((b) =>
         b.serverId === row.assigned_server_id &&

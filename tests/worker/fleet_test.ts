@@ -250,3 +250,44 @@ Deno.test({
     });
   },
 });
+
+Deno.test({
+  name:
+    "a worker killed and restarted under its name before its lease lapses resumes its linked devices",
+  async fn() {
+    // The timeout is long enough that only the restart itself can move them:
+    // the database never sees this server die.
+    await withFleet({
+      heartbeatTimeoutS: 60,
+      workers: 1,
+      devices: 3,
+      workerEnv: { QR_GENERATION_MS: "100", WORKER_RESUME_MS: "200" },
+    }, async ({ fleet, deviceIds }) => {
+      await firstQrs(fleet, deviceIds, 20_000);
+      for (const id of deviceIds) assert.ok(await fleet.scan(id), `${id} was linked by a scan`);
+      const [name] = fleet.list().map((worker) => worker.name);
+
+      const killedAt = Date.now();
+      await fleet.kill(name);
+      fleet.add(name);
+      const resumed = await Promise.all(deviceIds.map((id) =>
+        fleet.waitFor(
+          (e) =>
+            e.type === "status_reported" && e.status === "connected" && e.deviceId === id &&
+            e.ts > killedAt,
+          20_000,
+        )
+      ));
+      const slowest = Math.max(...resumed.map((e) => e.ts - killedAt));
+      console.log(
+        `${deviceIds.length} linked devices resumed by the restarted process in ${slowest} ms`,
+      );
+      assert.ok(
+        !fleet.events.some((e) =>
+          published(e) && deviceIds.includes(e.deviceId) && e.ts > killedAt
+        ),
+        "no QR was published for a device with a stored session",
+      );
+    });
+  },
+});

@@ -105,6 +105,23 @@ Deno.test("without a heartbeat the worker stops at 80% of the timeout, not befor
   assert.equal(events.filter((e) => e.type === "self_fenced").length, 1);
 });
 
+Deno.test("a worker that let its devices go names a new instance, so the database hands them back", async () => {
+  const { clock, db, worker, work } = setup();
+  db.addDevice("d1");
+  await worker.heartbeat();
+  await worker.heartbeat();
+  await worker.claim();
+  db.heartbeatFailure = new BackendError("unavailable", "timeout");
+  clock.advance(8_000);
+  await work(); // self-fenced: d1 dropped, which the database may never have seen
+  db.heartbeatFailure = null;
+  await worker.heartbeat();
+  const instances = db.heartbeats.map((beat) => beat.instanceId);
+  assert.ok(instances.every((id) => typeof id === "string"), "every heartbeat names the process");
+  assert.equal(instances[1], instances[0], "the same holder keeps its name");
+  assert.notEqual(instances.at(-1), instances[0], "after dropping its sessions it is a new holder");
+});
+
 Deno.test("a self-fenced worker makes no device write and no claim until a heartbeat succeeds", async () => {
   const { clock, db, worker, work, runFor } = setup();
   db.addDevice("d1");

@@ -10,6 +10,12 @@ export interface HeartbeatInput {
   currentLoad: number;
   maxCapacity: number | null;
   metadata: Record<string, unknown>;
+  /**
+   * This process, a random id: a heartbeat with a new one tells the database
+   * the server restarted, so the linked devices the old process held fail
+   * over to this one at once (see `server_heartbeat`).
+   */
+  instanceId?: string;
 }
 
 export interface Heartbeat {
@@ -171,6 +177,7 @@ export function supabaseBackend(client: SupabaseClient, requestTimeoutMs = 5_000
         p_current_load: input.currentLoad,
         p_max_capacity: input.maxCapacity,
         p_metadata: input.metadata,
+        p_instance_id: input.instanceId ?? null,
       });
       return {
         serverId: data.server_id,

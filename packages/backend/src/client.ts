@@ -358,6 +358,7 @@ export interface BackendClientOptions {
 export class BackendClient {
   readonly config: BackendClientConfig;
   readonly lease: Lease;
+  #instanceId: string = crypto.randomUUID();
   readonly backend: BackendApi;
   readonly #handler: DeviceHandler;
   readonly #clock: Clock;
@@ -417,6 +418,17 @@ export class BackendClient {
     };
   }
 
+  /**
+   * Names this holder of sessions in every heartbeat. A process that let its
+   * devices go without the database moving them (self-fenced, or its row
+   * replaced) takes a new one, as a restarted process does: the database then
+   * fails the linked devices it still assigns to this server over to us, and
+   * the next claim resumes them. Otherwise nobody would hold them.
+   */
+  get instanceId(): string {
+    return this.#instanceId;
+  }
+
   /** One heartbeat. Failure leaves the lease to run out on its own. */
   async heartbeat(): Promise<void> {
     const sentAt = this.#clock.now();
@@ -428,6 +440,7 @@ export class BackendClient {
         // keeps the database from assigning us devices we would leave waiting.
         maxCapacity: this.config.maxCapacity ?? this.config.claimLimit,
         metadata: this.config.metadata,
+        instanceId: this.#instanceId,
       });
       if (this.#serverId !== null && beat.serverId !== this.#serverId) {
         // Our row was replaced: nothing we hold under the old id is ours.
@@ -710,6 +723,7 @@ export class BackendClient {
     for (const device of [...this.#devices.values()]) {
       this._stop(device, reason);
     }
+    if (reason !== "shutdown") this.#instanceId = crypto.randomUUID();
   }
 
   /** A handler that throws must not break the loops; its failure becomes an event. */
