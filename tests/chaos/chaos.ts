@@ -677,6 +677,17 @@ async function chaosOn(
       }
     };
 
+    /** The server a device was last given to before its current epoch, with that epoch. */
+    const previousOwner = async (deviceId: string) => {
+      const [row] = await db`
+        select e.to_server_id, e.epoch, d.assignment_epoch
+        from public.devices d
+        join public.device_assignment_events e on e.device_id = d.id
+        where d.id = ${deviceId} and e.epoch < d.assignment_epoch and e.to_server_id is not null
+        order by e.epoch desc limit 1`;
+      return row;
+    };
+
     /**
      * Writes a session entry as the previous owner of a device at its previous
      * epoch, preferring linked devices: must be fenced, and never land.
@@ -685,12 +696,7 @@ async function chaosOn(
       const deviceId = everLinked.size > 0 && random() < 0.7
         ? pick([...everLinked])
         : pick(allDeviceIds);
-      const [row] = await db`
-        select e.to_server_id, e.epoch, d.assignment_epoch
-        from public.devices d
-        join public.device_assignment_events e on e.device_id = d.id
-        where d.id = ${deviceId} and e.epoch < d.assignment_epoch and e.to_server_id is not null
-        order by e.epoch desc limit 1`;
+      const row = await previousOwner(deviceId);
       if (!row) return;
       sessions.staleProbes.attempted++;
       const answer = await rpc(stack, "device_session_write", {
@@ -715,12 +721,7 @@ async function chaosOn(
     const staleProbe = async (): Promise<void> => {
       if (random() < 0.5) return await staleSessionProbe();
       const deviceId = pick(allDeviceIds);
-      const [row] = await db`
-        select e.to_server_id, e.epoch, d.assignment_epoch
-        from public.devices d
-        join public.device_assignment_events e on e.device_id = d.id
-        where d.id = ${deviceId} and e.epoch < d.assignment_epoch and e.to_server_id is not null
-        order by e.epoch desc limit 1`;
+      const row = await previousOwner(deviceId);
       if (!row) return;
       staleProbes.attempted++;
       const answer = await rpc(stack, "publish_device_qr", {

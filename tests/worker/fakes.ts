@@ -114,27 +114,18 @@ export class FakeDatabase implements BackendApi {
     this.calls.push("claim_devices");
     this.claimLimits.push(limit);
     const rows: AssignedDevice[] = [];
-    for (const device of this.devices.values()) {
-      if (device.status !== "reconnecting" || device.owner !== serverId) continue;
-      if (rows.length < limit) {
+    // Sessions to resume first, then the devices it is pairing.
+    for (const status of ["reconnecting", "connecting"] as const) {
+      for (const device of this.devices.values()) {
+        if (device.status !== status || device.owner !== serverId || rows.length >= limit) continue;
         rows.push({
           deviceId: device.id,
           epoch: device.epoch,
           deviceName: null,
           claimed: false,
-          resume: true,
-        });
-      }
-    }
-    for (const device of this.devices.values()) {
-      if (device.status !== "connecting" || device.owner !== serverId) continue;
-      if (rows.length < limit) {
-        rows.push({
-          deviceId: device.id,
-          epoch: device.epoch,
-          deviceName: null,
-          claimed: false,
-          pairingPhone: this.#pairingPhone(device),
+          ...(status === "reconnecting"
+            ? { resume: true }
+            : { pairingPhone: this.#pairingPhone(device) }),
         });
       }
     }
