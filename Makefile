@@ -1,6 +1,6 @@
 # The front door. Every target does its own set-up (local/setup.sh) on a fresh
 # Debian machine with Node only.
-.PHONY: dev test up down db-reset setup status reset-device reset-inactive reset-all server-add server-disable server-enable bench chaos
+.PHONY: dev test up down db-reset setup lock status reset-device reset-inactive reset-all server-add server-disable server-enable bench chaos
 
 dev: setup          ## the main job: local stack + fleet + live demo (Ctrl-C stops all)
 	@local/dev.sh
@@ -10,6 +10,9 @@ test:               ## every test; ends with "N passed, M failed"
 
 setup:
 	@local/setup.sh
+
+lock:               ## re-resolve the Deno graphs: deno.lock and each function's deno.lock (README: Dependencies)
+	@LOCK_UPDATE=1 local/setup.sh
 
 up: setup           ## start database and API gateway, detached
 	@local/db.sh start

@@ -66,24 +66,37 @@ fi
 
 # Every module graph, downloaded now, so nothing downloads later: function
 # processes may not (--cached-only), and a test must never pass only because
-# the cache was warm. First what the tooling runs, with the root deno.json
-# (the fixture functions are served, never imported, and stay out)...
-log "caching the Deno dependencies of the tooling and of every function"
+# the cache was warm. Every graph is read from a frozen lockfile (the root
+# deno.lock, each function's deno.lock), so what is cached is what runs and a
+# new upstream release changes nothing; a lock that does not match its
+# deno.json fails here. `make lock` (LOCK_UPDATE=1) brings them in line with
+# their deno.json instead, keeping every pin that did not change.
+# First what the tooling runs, with the root deno.json (the fixture functions
+# are served, never imported, and stay out)...
+if [ "${LOCK_UPDATE:-0}" = 1 ]; then
+  log "updating the Deno lockfiles: deno.lock and each function's deno.lock"
+  frozen=(--frozen=false)
+  functions_command=lock
+else
+  log "caching the Deno dependencies of the tooling and of every function, as their locks pin them"
+  frozen=()
+  functions_command=cache
+fi
 mapfile -t tooling < <(cd "$ROOT" && find local bench cli worker tests packages/backend \
   -path tests/gateway/fixtures -prune -o -path local/edge-runtime -prune -o -path bench/results -prune -o \
   -path packages/backend/node_modules -prune -o -path packages/backend/dist -prune -o \
   -path packages/backend/dist-test -prune -o \
   -type f \( -name '*.ts' -o -name '*.mts' \) -print | sort)
-(cd "$ROOT" && node_modules/.bin/deno cache --quiet --config deno.json "${tooling[@]}")
+(cd "$ROOT" && node_modules/.bin/deno cache --quiet "${frozen[@]}" --config deno.json "${tooling[@]}")
 # ...then each function's graph, with its own deno.json and the edge runtime's Deno.
-(cd "$ROOT" && node_modules/.bin/deno run --quiet --allow-all local/gateway/functions.ts cache)
+(cd "$ROOT" && node_modules/.bin/deno run --quiet "${frozen[@]}" --allow-all local/gateway/functions.ts "$functions_command")
 # `deno bundle` (the demo page) fetches its esbuild binary on first use.
 bundle="$(mktemp --suffix=.js)"
 (cd "$ROOT" && node_modules/.bin/deno bundle --quiet --platform browser --output "$bundle" local/demo/app.mts)
 rm -f "$bundle"
 
-# The local project's JWT signing key ([auth] signing_keys_path of supabase/config.toml):
-# every Supabase CLI command refuses to load the config while the file is missing.
+# The local stack's JWT signing key (local/gateway/keys.ts signingKeysPath), made ahead
+# so every tool finds the same key from the start.
 if [ ! -f "$ROOT/supabase/signing_keys.json" ]; then
   log "creating the local JWT signing key (supabase/signing_keys.json)"
   "$ROOT/node_modules/.bin/deno" run --quiet --allow-read --allow-write --allow-env "$ROOT/local/gateway/keys.ts"

@@ -8,9 +8,11 @@
  * Functions run on the Deno the hosted edge runtime embeds (EDGE_RUNTIME_DENO,
  * installed by local/setup.sh from local/edge-runtime/package-lock.json), not
  * on the tooling's Deno, and only from the module cache: `local/setup.sh` (or
- * `deno run -A local/gateway/functions.ts cache`) downloads their dependencies;
- * a function process never does (`--cached-only`), so a missing install step
- * fails as a BOOT_ERROR instead of hiding behind a warm cache.
+ * `deno run -A local/gateway/functions.ts cache`) downloads their dependencies
+ * as each function's frozen deno.lock pins them (functionLock); a function
+ * process reads the same lock and never downloads (`--cached-only`), so a
+ * missing install step fails as a BOOT_ERROR instead of hiding behind a warm
+ * cache, and a new upstream release cannot change what runs.
  *
  * The platform's limits apply, and its own errors keep the platform's shape:
  *
@@ -307,20 +309,72 @@ function moduleFlags(config: FunctionConfig): string[] {
 }
 
 /**
- * Downloads every function's whole dependency graph into the module cache with
- * the edge runtime's Deno, so that function processes never download.
+ * What a function's module graph is pinned by: the `lock` of its own deno.json,
+ * which must name a lockfile and freeze it (`"lock": { "path": "./deno.lock",
+ * "frozen": true }`). Frozen, Deno refuses to resolve anything the lockfile does
+ * not already hold, so a new upstream release (a peer range, a dynamic import)
+ * can never change what runs: it fails as "The lockfile is out of date" instead.
+ * Throws, naming the function and the fix, when the lock is missing or not frozen.
+ */
+export async function functionLock(
+  config: FunctionConfig,
+  { mustExist = true } = {},
+): Promise<string> {
+  const fix = `set "lock": { "path": "./deno.lock", "frozen": true } in its deno.json and ` +
+    "run `make lock`";
+  if (!config.denoConfig) throw new Error(`function ${config.name} has no deno.json: ${fix}`);
+  const { lock } = JSON.parse(await Deno.readTextFile(config.denoConfig)) as {
+    lock?: boolean | string | { path?: string; frozen?: boolean };
+  };
+  if (typeof lock !== "object" || !lock.path || lock.frozen !== true) {
+    throw new Error(
+      `function ${config.name} does not pin its graph with a frozen lockfile: ${fix}`,
+    );
+  }
+  const path = resolvePath(config.dir, lock.path);
+  if (mustExist && !(await exists(path))) {
+    throw new Error(`function ${config.name}: ${path} is missing; run \`make lock\``);
+  }
+  return path;
+}
+
+/** Runs the edge runtime's Deno on a function's graph: the runner and its entrypoint. */
+async function denoOnGraph(config: FunctionConfig, extra: string[]): Promise<void> {
+  const { code } = await new Deno.Command(EDGE_RUNTIME_DENO, {
+    args: ["cache", "--quiet", ...extra, ...moduleFlags(config), RUNNER, config.entrypoint],
+    cwd: config.dir,
+    env: processPlumbing(),
+    stdout: "inherit",
+    stderr: "inherit",
+  }).output();
+  if (code !== 0) throw new Error(`deno cache of function ${config.name} failed (exit ${code})`);
+}
+
+/**
+ * Downloads every function's whole module graph into the module cache with the
+ * edge runtime's Deno, exactly as its frozen lockfile pins it, so function
+ * processes (which run `--cached-only` on the same lock) never download and
+ * run what was cached. The graph is the runner's with the entrypoint, the same
+ * modules a function process loads. A stale or edited lockfile fails here.
  */
 export async function cacheFunctions(catalog: FunctionCatalog): Promise<string[]> {
   const functions = await catalog.list();
   for (const config of functions) {
-    const { code } = await new Deno.Command(EDGE_RUNTIME_DENO, {
-      args: ["cache", "--quiet", ...moduleFlags(config), config.entrypoint],
-      cwd: config.dir,
-      env: processPlumbing(),
-      stdout: "inherit",
-      stderr: "inherit",
-    }).output();
-    if (code !== 0) throw new Error(`deno cache of function ${config.name} failed (exit ${code})`);
+    await functionLock(config);
+    await denoOnGraph(config, []);
+  }
+  return functions.map((config) => config.name);
+}
+
+/**
+ * Brings every function's lockfile in line with its deno.json (`make lock`):
+ * what changed there is resolved and written; every other pin stays as it was.
+ */
+export async function lockFunctions(catalog: FunctionCatalog): Promise<string[]> {
+  const functions = await catalog.list();
+  for (const config of functions) {
+    await functionLock(config, { mustExist: false });
+    await denoOnGraph(config, ["--frozen=false"]);
   }
   return functions.map((config) => config.name);
 }
@@ -662,16 +716,26 @@ export class FunctionHost {
 }
 
 if (import.meta.main) {
-  // `deno run -A local/gateway/functions.ts cache [functions dir] [config.toml]`, run by local/setup.sh.
+  // `deno run -A local/gateway/functions.ts cache|lock [functions dir] [config.toml]`:
+  // cache is run by local/setup.sh, lock by `make lock`.
   const [command, functionsDir, configToml] = Deno.args;
-  if (command !== "cache") {
-    console.error("usage: functions.ts cache [functions dir] [config.toml]");
+  const commands = { cache: cacheFunctions, lock: lockFunctions };
+  if (command !== "cache" && command !== "lock") {
+    console.error("usage: functions.ts cache|lock [functions dir] [config.toml]");
     Deno.exit(2);
   }
   const repo = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
   const dir = functionsDir ?? `${repo}/supabase/functions`;
-  const names = await cacheFunctions(
-    new FunctionCatalog(dir, configToml ?? `${dir.replace(/\/[^/]*\/?$/, "")}/config.toml`),
+  const catalog = new FunctionCatalog(
+    dir,
+    configToml ?? `${dir.replace(/\/[^/]*\/?$/, "")}/config.toml`,
   );
-  console.error(`cached the dependencies of ${names.join(", ") || "no functions"}`);
+  try {
+    const names = await commands[command](catalog);
+    const done = command === "cache" ? "cached the locked graphs of" : "updated the lockfiles of";
+    console.error(`${done} ${names.join(", ") || "no functions"}`);
+  } catch (error) {
+    console.error(error instanceof Error ? error.message : String(error));
+    Deno.exit(1);
+  }
 }
