@@ -5,9 +5,9 @@
  * The key values are the Supabase CLI's local development defaults (what
  * `supabase status` prints for every local project), so scripts and docs written
  * against a real `supabase start` work unchanged against this gateway. The
- * asymmetric key that signs user access tokens lives where the CLI keeps one:
- * `[auth] signing_keys_path` of supabase/config.toml, in the JWK array format
- * `supabase gen signing-key` writes, created on first use.
+ * asymmetric key that signs user access tokens is `supabase/signing_keys.json`
+ * (signingKeysPath), in the JWK array format `supabase gen signing-key` writes,
+ * created on first use.
  */
 import * as jose from "jose";
 import { parse as parseToml } from "smol-toml";
@@ -71,8 +71,12 @@ export function projectKeysFromEnv(value = Deno.env.get("PROJECT_KEYS")): Projec
 const REPO = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 
 /**
- * `[auth] signing_keys_path` of a config.toml, resolved against its directory
- * as the CLI does (pkg/config: relative paths are relative to `supabase/`).
+ * The file of ES256 keys that signs local user tokens: SIGNING_KEYS_PATH, else
+ * `[auth] signing_keys_path` of the config.toml when a project names one,
+ * else `signing_keys.json` beside it. The committed config.toml names none,
+ * because every Supabase CLI command fails to load a config whose signing keys
+ * file is missing, as it is in a fresh clone (CLI 2.117.0 and 3.1.0 alike:
+ * "failed to read signing keys"). Relative paths are relative to `supabase/`, as the CLI resolves them.
  */
 export async function signingKeysPath(
   configToml = `${REPO}/supabase/config.toml`,
@@ -82,10 +86,7 @@ export async function signingKeysPath(
   const toml = parseToml(await Deno.readTextFile(configToml)) as {
     auth?: { signing_keys_path?: string };
   };
-  const path = toml.auth?.signing_keys_path;
-  if (!path) {
-    throw new Error(`${configToml} sets no [auth] signing_keys_path; the local stack needs one`);
-  }
+  const path = toml.auth?.signing_keys_path ?? "./signing_keys.json";
   const dir = configToml.replace(/\/[^/]*$/, "");
   return path.startsWith("/") ? path : `${dir}/${path.replace(/^\.\//, "")}`;
 }

@@ -17,8 +17,8 @@
  *   PROJECT_KEYS                  the kind of project to imitate: signing (default), legacy
  *                                 or both (see keys.ts); decides the API keys and token
  *                                 algorithms accepted, the functions' env and .env.local
- *   SIGNING_KEYS_PATH             the signing keys file (`[auth] signing_keys_path` of
- *                                 supabase/config.toml)
+ *   SIGNING_KEYS_PATH             the signing keys file (supabase/signing_keys.json; see
+ *                                 signingKeysPath in keys.ts)
  */
 import postgres from "postgres";
 import { parse as parseToml } from "smol-toml";
@@ -34,6 +34,7 @@ import {
   PUBLISHABLE_KEY,
   SECRET_KEY,
   SERVICE_ROLE_KEY,
+  signingKeysPath,
 } from "./keys.ts";
 import { RequestLog } from "./request_log.ts";
 import { createHandler, errorResponse } from "./server.ts";
@@ -163,7 +164,7 @@ if (envFile !== "") {
     "# Written by local/gateway.sh: the local stack's URL and keys, as `supabase status -o env` prints them.",
     `# PROJECT_KEYS=${profile.kind} (local/gateway/keys.ts). ${
       profile.signingKeys
-        ? "User tokens: ES256 with the first key of [auth] signing_keys_path; HS256 with the JWT secret still valid."
+        ? `User tokens: ES256 with the first key of ${await signingKeysPath()}; HS256 with the JWT secret still valid.`
         : "User tokens: HS256 with the JWT secret."
     }`,
     `SUPABASE_URL=${url}`,

@@ -79,7 +79,7 @@ export async function startPrivateStack(log: (line: string) => void): Promise<Pr
 
     const values = readEnvFile(new URL(`file://${root}/.env.local`));
     if (!values.SUPABASE_URL) throw new Error(`the private gateway wrote no ${root}/.env.local`);
-    // The copy's [auth] signing_keys_path, as its gateway reads it.
+    // The copy's signing keys file, as its gateway reads it (local/gateway/keys.ts).
     const [signingKey] = JSON.parse(await Deno.readTextFile(`${root}/supabase/signing_keys.json`));
     values.SUPABASE_JWT_SIGNING_JWK = JSON.stringify(signingKey);
     return {

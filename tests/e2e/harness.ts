@@ -35,8 +35,8 @@
  *   });
  *
  * ES256 tokens are signed with SUPABASE_JWT_SIGNING_JWK (a private JWK as
- * JSON) when set, else with the first private key of the project's
- * `[auth] signing_keys_path` (supabase/signing_keys.json), as `supabase start`
+ * JSON) when set, else with the first private key of the local stack's signing
+ * keys file (signingKeysPath in local/gateway/keys.ts), as `supabase start`
  * signs them. HS256 tokens use the JWT secret.
  */
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
