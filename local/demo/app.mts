@@ -57,19 +57,38 @@ interface DeviceView {
   name: string;
   state: QrState | null;
   since: string | null;
+  /** When the request that brought `state` was sent. */
+  stateAskedAt: number;
   poll: AbortController | null;
   card: HTMLElement;
 }
 
 /**
- * Devices whose server was killed, waiting for another server: a QR when the
- * device was being paired, `connected` again (its session resumed, no QR)
- * when it was linked.
+ * Devices whose server was killed, waiting for a server to take them again: a
+ * QR when the device was being paired, `connected` again (its session resumed,
+ * no QR) when it was linked. `armedAt` is when the kill was done; only a fleet
+ * snapshot taken after it can show who holds the device now.
  */
 const awaitingRecovery = new Map<
   string,
-  { from: string; killedAt: number; linked: boolean }
+  {
+    from: string;
+    killedAt: number;
+    linked: boolean;
+    armedAt: number | null;
+    /** The QR the card showed when the server was killed (pairing only): a new one is the sign. */
+    qrAtKill: string | null;
+    /** When the fleet was first seen to hold the device again under the killed name. */
+    heldSeenAt?: number;
+  }
 >();
+
+/** The fleet as last seen: each worker's state and devices, when it was asked and answered. */
+let fleetSeen: { at: number; answeredAt: number; workers: Map<string, FleetWorker> } = {
+  at: 0,
+  answeredAt: 0,
+  workers: new Map(),
+};
 
 const config: DemoConfig = await (await fetch("/config.json")).json();
 
@@ -88,6 +107,7 @@ const devices = config.devices.map((device) => {
     ...device,
     state: null,
     since: null,
+    stateAskedAt: 0,
     poll: null,
     card: deviceCard(device),
   };
@@ -271,6 +291,7 @@ async function requestCode(deviceId: string, phone: string): Promise<void> {
   button.disabled = true;
   phoneStatus(view, "asking the device's server for a code…");
   try {
+    const asked = Date.now();
     const { data, error } = await supabase.functions.invoke<QrState>("get-device-qr", {
       body: { device_id: deviceId, pairing_phone: phone, wait: 20 },
     });
@@ -280,7 +301,7 @@ async function requestCode(deviceId: string, phone: string): Promise<void> {
     }
     phoneStatus(view, data.pairing_code ? "" : "code requested; it appears here when ready");
     log(`${view.name}: pairing code requested`);
-    observe(view, data);
+    observe(view, data, asked);
     refresh(deviceId);
   } finally {
     button.disabled = view.state?.status === "connected";
@@ -325,15 +346,55 @@ async function follow(view: DeviceView): Promise<void> {
       await sleep(2_000);
       continue;
     }
-    observe(view, data);
+    observe(view, data, started);
     // Idle states answer at once; don't spin on them.
     if (Date.now() - started < 1_000) await sleep(1_500, controller.signal);
   }
 }
 
-function observe(view: DeviceView, state: QrState): void {
+/**
+ * Ends a device's wait once it is back: connected (linked) or showing a QR
+ * (pairing) on a server whose running process holds it now, by the fleet seen
+ * after the kill. That may be the killed server's name again, restarted. Says
+ * so on the card and returns true.
+ */
+function recover(view: DeviceView): boolean {
+  const waiting = awaitingRecovery.get(view.id);
+  const state = view.state;
+  if (!waiting || waiting.armedAt === null || fleetSeen.at < waiting.armedAt) return false;
+  if (!state?.server) return false;
+  const holder = fleetSeen.workers.get(state.server.name);
+  if (holder?.state !== "running" || !holder.devices.includes(view.id)) return false;
+  if (waiting.linked) {
+    if (state.server.name === waiting.from) {
+      // Restarted under its name: a state asked for before the new process
+      // took the device may still be the dead one's.
+      waiting.heldSeenAt ??= fleetSeen.answeredAt;
+      if (view.stateAskedAt < waiting.heldSeenAt) return false;
+    }
+    if (state.status !== "connected") return false;
+  } else if (!state.qr || state.qr.updated_at === waiting.qrAtKill) {
+    return false;
+  }
+  // Measured when the page shows it: what the user waits for, long-poll included.
+  const elapsedMs = Date.now() - waiting.killedAt;
+  const seconds = (elapsedMs / 1000).toFixed(1);
+  awaitingRecovery.delete(view.id);
+  view.card.dataset.recoveredMs = String(elapsedMs);
+  view.card.dataset.recoveredFrom = waiting.from;
+  const again = state.server.name === waiting.from ? " (restarted)" : "";
+  const text = waiting.linked
+    ? `connected again on ${state.server.name}${again} ${seconds} s after ${waiting.from} died, no QR`
+    : `QR back from ${state.server.name}${again} ${seconds} s after ${waiting.from} died`;
+  note(view, text, "recovered");
+  log(`${view.name}: ${text}`);
+  return true;
+}
+
+function observe(view: DeviceView, state: QrState, askedAt: number): void {
   const before = view.state;
   view.state = state;
+  view.stateAskedAt = askedAt;
   view.since = state.qr?.updated_at ?? null;
   if (before?.server?.name !== state.server?.name && state.server) {
     log(
@@ -343,21 +404,9 @@ function observe(view: DeviceView, state: QrState): void {
     );
   }
   if (before?.status !== state.status) log(`${view.name}: ${state.status.replace("_", " ")}`);
-  const waiting = awaitingRecovery.get(view.id);
-  const movedOn = waiting && state.server && state.server.name !== waiting.from;
-  if (waiting && movedOn && (waiting.linked ? state.status === "connected" : state.qr)) {
-    // Measured when the page shows it: what the user waits for, long-poll included.
-    const elapsedMs = Date.now() - waiting.killedAt;
-    const seconds = (elapsedMs / 1000).toFixed(1);
-    awaitingRecovery.delete(view.id);
-    view.card.dataset.recoveredMs = String(elapsedMs);
-    view.card.dataset.recoveredFrom = waiting.from;
-    const text = waiting.linked
-      ? `connected again on ${state.server!.name} ${seconds} s after ${waiting.from} died, no QR`
-      : `QR back from ${state.server!.name} ${seconds} s after ${waiting.from} died`;
-    note(view, text, "recovered");
-    log(`${view.name}: ${text}`);
-  } else if (!waiting && view.card.querySelector(".note.problem")) {
+  if (
+    !recover(view) && !awaitingRecovery.has(view.id) && view.card.querySelector(".note.problem")
+  ) {
     note(view, "");
   }
   render(view);
@@ -441,14 +490,24 @@ async function fleetAction(name: string, verb: string): Promise<void> {
     for (const view of devices) {
       if (view.state?.server?.name === name) {
         const linked = view.state.status === "connected" || view.state.status === "reconnecting";
-        awaitingRecovery.set(view.id, { from: name, killedAt, linked });
-        note(view, `${name} killed — waiting for another server…`);
+        awaitingRecovery.set(view.id, {
+          from: name,
+          killedAt,
+          linked,
+          armedAt: null,
+          qrAtKill: view.state.qr?.updated_at ?? null,
+        });
+        note(view, `${name} killed — waiting for a server…`);
       }
     }
   }
   log(`${verb} ${name}`);
   const answer = await post(`/fleet/workers/${encodeURIComponent(name)}/${verb}`);
   if (answer.error) log(`${verb} ${name} failed: ${(answer.error as { message: string }).message}`);
+  const done = Date.now();
+  for (const waiting of awaitingRecovery.values()) {
+    if (waiting.from === name && waiting.armedAt === null) waiting.armedAt = done;
+  }
   await refreshFleet();
 }
 
@@ -458,12 +517,19 @@ async function refreshFleet(): Promise<void> {
     error: string | null;
     fleet: FleetWorker[];
   };
+  const asked = Date.now();
   try {
     payload = await (await fetch("/api/health")).json();
   } catch {
     document.querySelector("#health")!.textContent = "demo server unreachable";
     return;
   }
+  fleetSeen = {
+    at: asked,
+    answeredAt: Date.now(),
+    workers: new Map(payload.fleet.map((worker) => [worker.name, worker])),
+  };
+  for (const view of devices) recover(view);
   const servers = new Map((payload.health?.servers ?? []).map((s) => [s.name, s]));
   const rows = payload.fleet.map((worker) => {
     const server = servers.get(worker.name);

@@ -3,7 +3,8 @@
  * playwright-core. Starts local/dev.sh as a person would, opens the printed
  * URL, kills the server a QR comes from and waits for a QR from another one,
  * then links a device and kills its server: the session resumes elsewhere, no QR;
- * last, links a device with a pairing code ("Link with phone number instead").
+ * links a device with a pairing code ("Link with phone number instead"); last,
+ * kills every server and restarts one: the cards it takes back say so.
  * Screenshots and the recovery time go to test-results/.
  */
 import assert from "node:assert/strict";
@@ -200,6 +201,35 @@ Deno.test({
       await page.locator(`article.device[data-device-id="${idleId}"][data-pairing-code=""]`)
         .waitFor({ timeout: 10_000 });
       await page.screenshot({ path: `${RESULTS}/demo-6-linked-by-code.png`, fullPage: true });
+
+      // Kill every server, then restart one under its name: the linked devices come back on
+      // it, and each card's note says so instead of still waiting for the server it died on.
+      const running: string[] = [];
+      for (const row of await page.locator('tr[data-state="running"]').all()) {
+        running.push((await row.getAttribute("data-worker"))!);
+      }
+      assert.ok(running.length > 0, "some server runs");
+      for (const name of running) {
+        await page.locator(`tr[data-worker="${name}"] button.kill`).click();
+        await page.locator(`tr[data-worker="${name}"][data-state="killed"]`).waitFor();
+      }
+      const onResumed = page.locator(`article.device[data-device-id="${readyId}"] .note`);
+      assert.match((await onResumed.textContent()) ?? "", /killed — waiting for a server/);
+      await page.locator(`tr[data-worker="${resumedOn}"] button.restart`).click();
+      await page.locator(
+        `article.device[data-device-id="${readyId}"][data-status="connected"] .note.recovered`,
+        { hasText: `connected again on ${resumedOn} (restarted)` },
+      ).waitFor({ timeout: 60_000 });
+      // Every card it took back says so, a pairing one once it shows the new process's QR.
+      await page.locator("article.device .note", { hasText: "waiting" }).first()
+        .waitFor({ state: "hidden", timeout: 60_000 });
+      const notes = await page.locator('article.device[data-status="connected"] .note')
+        .allTextContents();
+      assert.ok(notes.length > 0, "a card is connected");
+      for (const text of notes) {
+        assert.doesNotMatch(text, /waiting/, "a connected card waits for nothing");
+      }
+      await page.screenshot({ path: `${RESULTS}/demo-7-restarted.png`, fullPage: true });
       assert.deepEqual(pageErrors, [], "no uncaught error in the page");
     } finally {
       await browser.close();
