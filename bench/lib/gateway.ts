@@ -58,8 +58,15 @@ export async function startBenchGateway(dbUrl: string): Promise<BenchGateway> {
   const root = await Deno.makeTempDir({ prefix: "bench-functions-" });
   const toml: string[] = [];
   for (const [name, fn] of Object.entries(FUNCTIONS)) {
-    // The gateway runs each function with its directory as cwd.
+    // The gateway runs each function with its directory as cwd, and its deno.json from there:
+    // the real one, its lock named by absolute path, so the graph is the locked one.
     await Deno.mkdir(`${root}/functions/${name}`, { recursive: true });
+    const denoJson = JSON.parse(await Deno.readTextFile(fn.importMap));
+    const lockPath = new URL(denoJson.lock.path, `file://${fn.importMap}`).pathname;
+    await Deno.writeTextFile(
+      `${root}/functions/${name}/deno.json`,
+      JSON.stringify({ ...denoJson, lock: { ...denoJson.lock, path: lockPath } }),
+    );
     toml.push(
       `[functions.${name}]`,
       `enabled = true`,

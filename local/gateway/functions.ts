@@ -725,10 +725,12 @@ if (import.meta.main) {
     Deno.exit(2);
   }
   const repo = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
-  const dir = functionsDir ?? `${repo}/supabase/functions`;
+  const dir = functionsDir ? resolvePath(Deno.cwd(), functionsDir) : `${repo}/supabase/functions`;
   const catalog = new FunctionCatalog(
     dir,
-    configToml ?? `${dir.replace(/\/[^/]*\/?$/, "")}/config.toml`,
+    configToml
+      ? resolvePath(Deno.cwd(), configToml)
+      : `${dir.replace(/\/[^/]*\/?$/, "")}/config.toml`,
   );
   try {
     const names = await commands[command](catalog);

@@ -67,7 +67,7 @@ export async function startPrivateStack(log: (line: string) => void): Promise<Pr
   };
 
   try {
-    for (const path of ["supabase", "local", "deno.json"]) {
+    for (const path of ["supabase", "local", "deno.json", "deno.lock", "package.json"]) {
       await run("cp", "-a", `${REPO}/${path}`, `${root}/`);
     }
     await Deno.remove(`${root}/supabase/.temp`, { recursive: true }).catch(() => {});
