@@ -6,6 +6,7 @@
  * restored afterwards, so each repetition sees the same table.
  */
 import {
+  asSuperuser,
   benchDatabaseName,
   connect,
   createBenchDatabase,
@@ -355,7 +356,7 @@ export async function measureHealth(sql: Sql, reps: number) {
 async function capturePlans(url: string, sql: Sql, k: number): Promise<Plan[]> {
   const plans: Plan[] = [];
   let scenario = "";
-  const conn = connect(url, 1, (notice) => {
+  const conn = connect(asSuperuser(url), 1, (notice) => {
     const message = String(notice.message ?? "");
     const match = /^duration: ([0-9.]+) ms\s+plan:\n([\s\S]*)$/.exec(message);
     if (match) plans.push({ scenario, durationMs: Number(match[1]), text: match[2] });

@@ -5,10 +5,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-LEGACY_URL="$(local/db.sh cli-url legacy_upgrade)"
 
-local/db.sh psql -c "drop database if exists legacy_upgrade with (force)" >/dev/null
-local/db.sh psql -c "create database legacy_upgrade" >/dev/null
-local/db.sh psql -d legacy_upgrade -f local/sql/supabase-bootstrap.sql >/dev/null
+local/db.sh create-db legacy_upgrade
 local/db.sh psql -d legacy_upgrade -f local/fixtures/legacy_schema.sql >/dev/null
-node_modules/.bin/supabase db push --db-url "$LEGACY_URL" --yes
+local/db.sh push legacy_upgrade

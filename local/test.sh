@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Every test of the project, on a freshly built local stack:
-#   migrations (empty database, re-applied, legacy upgrade), lint and advisor
-#   gates, pgTAP (supabase/tests/database), and the Deno suites in tests/
-#   (gateway fidelity, functions in-process and end to end, worker, demo).
+#   migrations (empty database, re-applied, legacy upgrade, a clean clone with
+#   the stock CLI), lint and advisor gates, pgTAP (supabase/tests/database), and
+#   the Deno suites in tests/ (gateway fidelity, functions in-process and end
+#   to end, worker, demo). The database suites and one end-to-end run go again
+#   on PostgreSQL 17 (what runs where: README, "PostgreSQL 15 and 17").
+#   Migrations are always applied by a `postgres` that is not a superuser.
 # Ends with one line: "N passed, M failed".
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,7 +23,15 @@ export LOCAL_STATE_DIR="$DEV_STATE/test-stack"
 export DB_PORT="${TEST_DB_PORT:-27322}" GATEWAY_PORT="${TEST_GATEWAY_PORT:-27321}"
 export DEMO_TEST_PORT="${TEST_DEMO_PORT:-27330}"
 export GATEWAY_ENV_FILE="$LOCAL_STATE_DIR/.env.local"
-printf '%s\n' "$DB_PORT" "$GATEWAY_PORT" "$DEMO_TEST_PORT" >"$RESULTS/ports"
+# The PostgreSQL 17 stack: its own cluster and gateway beside the first.
+PG17_STATE_DIR="$LOCAL_STATE_DIR/pg17"
+PG17_DB_PORT="${TEST_PG17_DB_PORT:-27323}" PG17_GATEWAY_PORT="${TEST_PG17_GATEWAY_PORT:-27324}"
+pg17() { # pg17 <command...>: runs it against the PostgreSQL 17 stack
+  PG_MAJOR=17 LOCAL_STATE_DIR="$PG17_STATE_DIR" DB_PORT="$PG17_DB_PORT" \
+    GATEWAY_PORT="$PG17_GATEWAY_PORT" GATEWAY_ENV_FILE="$PG17_STATE_DIR/.env.local" "$@"
+}
+printf '%s\n' "$DB_PORT" "$GATEWAY_PORT" "$DEMO_TEST_PORT" "$PG17_DB_PORT" "$PG17_GATEWAY_PORT" \
+  >"$RESULTS/ports"
 
 # What the development database holds, to prove afterwards that the run left it alone.
 dev_fingerprint() {
@@ -105,6 +116,8 @@ node_suite() { # node_suite <name> <node --test args...>: counts the TAP summary
 export DEVICE_QR_TEST_RUN="$$-$RANDOM-$(date +%s)"
 echo "$DEVICE_QR_TEST_RUN" >"$RESULTS/run-id"
 stop_everything() {
+  pg17 local/gateway.sh stop >/dev/null 2>&1 || true
+  pg17 local/db.sh stop >/dev/null 2>&1 || true
   local/gateway.sh stop >/dev/null 2>&1 || true
   local/db.sh stop >/dev/null 2>&1 || true
   rm -rf "$LOCAL_STATE_DIR"
@@ -119,28 +132,68 @@ trap 'exit 143' TERM
 
 local/setup.sh || { echo "0 passed, 1 failed"; exit 1; }
 local/gateway.sh stop >/dev/null 2>&1 || true
-DB_URL="$(local/db.sh cli-url)"
-DB_PORT="$(local/db.sh port)"
 export PGPASSWORD=postgres
 
-gate "migrations apply to an empty database" local/db.sh reset
-gate "migrations re-apply without change" bash -c '
+# The migrations were applied by `postgres`, which is not a superuser, as on a
+# hosted project (local/sql/supabase-bootstrap.sql), and every one is recorded.
+migrated_as_postgres() {
+  local want have
+  want="$(find supabase/migrations -name '*.sql' -printf '%f\n' | cut -d_ -f1 | sort | paste -sd,)"
+  have="$("$@" local/db.sh psql -At -c "
+    select (select rolsuper from pg_roles where rolname = 'postgres')::text || ' ' ||
+           (select string_agg(version, ',' order by version) from supabase_migrations.schema_migrations)")"
+  echo "postgres is superuser, migrations recorded: $have"
+  [ "$have" = "false $want" ]
+}
+
+# database_suites <major> [pg17]: the migrations (fresh, legacy upgrade), the
+# lint and advisor gates and pgTAP on one major. What needs pg_cron or
+# plpgsql_check, which PostgreSQL 17 here lacks, runs on 15 only and says so.
+database_suites() {
+  local major="$1"
+  shift
+  local on=("$@") url
+  gate "migrations apply to an empty database (PG $major)" "${on[@]}" local/db.sh reset
+  gate "migrations applied by a non-superuser postgres (PG $major)" migrated_as_postgres "${on[@]}"
+  gate "legacy database upgrades in place (PG $major)" "${on[@]}" local/legacy-upgrade.sh
+  url="$("${on[@]}" local/db.sh cli-url)"
+  if [ "$major" = 15 ]; then
+    gate "supabase db lint (warning) (PG $major)" supabase db lint --remote="$url" --level warning \
+      --schema public,device_assignment --fail-on warning
+  else
+    echo "-- skipped on PG $major: supabase db lint (it runs plpgsql_check, which has no build for $major here)"
+  fi
+  gate "supabase db advisors (warn) (PG $major)" supabase db advisors --remote="$url" --fail-on warn
+  gate "splinter lints (no WARN/ERROR), fresh database (PG $major)" \
+    deno run -A local/splinter/run.ts "$("${on[@]}" local/db.sh url)"
+  gate "splinter lints (no WARN/ERROR), upgraded legacy database (PG $major)" \
+    deno run -A local/splinter/run.ts "$("${on[@]}" local/db.sh url legacy_upgrade)"
+  local port files=()
+  port="$("${on[@]}" local/db.sh port)"
+  for f in supabase/tests/database/*.test.sql; do
+    if [ "$major" != 15 ] && grep -q 'cron\.' "$f"; then
+      echo "-- skipped on PG $major: $f (pg_cron has no build for $major here)"
+    else
+      files+=("$f")
+    fi
+  done
+  tap "pgTAP supabase/tests/database (PG $major)" -h 127.0.0.1 -p "$port" -U postgres -d postgres \
+    "${files[@]}"
+  tap "pgTAP legacy upgrade (PG $major)" -h 127.0.0.1 -p "$port" -U postgres -d legacy_upgrade \
+    local/fixtures/legacy_upgrade.test.sql
+}
+
+database_suites 15
+gate "migrations re-apply without change (PG 15)" bash -c '
   before=$(local/db.sh psql -At -c "select count(*) from cron.job")
   for f in supabase/migrations/*.sql; do local/db.sh psql -f "$f" >/dev/null 2>&1 || exit 1; done
   after=$(local/db.sh psql -At -c "select count(*) from cron.job")
   [ "$before" = "$after" ]'
-gate "legacy database upgrades in place" local/legacy-upgrade.sh
-gate "supabase db lint (warning)" supabase db lint --db-url "$DB_URL" --level warning \
-  --schema public,device_assignment --fail-on warning
-gate "supabase db advisors (warn)" supabase db advisors --db-url "$DB_URL" --fail-on warn
-gate "splinter lints (no WARN/ERROR), fresh database" deno run -A local/splinter/run.ts "$(local/db.sh url)"
-gate "splinter lints (no WARN/ERROR), upgraded legacy database" \
-  deno run -A local/splinter/run.ts "$(local/db.sh url legacy_upgrade)"
-
-tap "pgTAP supabase/tests/database" -h 127.0.0.1 -p "$DB_PORT" -U postgres -d postgres \
-  --ext .sql supabase/tests/database/
-tap "pgTAP legacy upgrade" -h 127.0.0.1 -p "$DB_PORT" -U postgres -d legacy_upgrade \
-  local/fixtures/legacy_upgrade.test.sql
+# What a user's CI does: a clean clone, the stock CLI, no set-up, no warning.
+gate "clean clone deploys with supabase 3.1.0, no warning" \
+  local/clean-clone-deploy.sh node_modules/.bin/supabase clean_clone_cli3
+gate "clean clone deploys with supabase 2.117.0, no warning" \
+  local/clean-clone-deploy.sh local/cli-previous/node_modules/.bin/supabase clean_clone_cli2
 
 # The Deno suites reach the stack through SUPABASE_URL and keys only.
 if [ -x local/gateway.sh ]; then
@@ -176,6 +229,19 @@ for kind in signing legacy both; do
   fi
 done
 local/gateway.sh start >/dev/null 2>&1 # back to the kind this run was asked for (PROJECT_KEYS)
+
+# PostgreSQL 17, on a stack of its own: the database suites, then the end-to-end
+# suite once (the project kinds differ only above the database).
+database_suites 17 pg17
+if pg17 local/gateway.sh start >"$RESULTS/gateway_pg17.log" 2>&1; then
+  SUPABASE_DB_URL="$(pg17 local/db.sh url)" PROJECT_KEYS=signing \
+    pg17 deno_suite "e2e (signing) (PG 17)" -A --no-check=remote tests/e2e/
+else
+  tail -20 "$RESULTS/gateway_pg17.log"; record "e2e (signing) (PG 17)" 0 1
+fi
+pg17 local/gateway.sh stop >/dev/null 2>&1
+pg17 local/db.sh stop >/dev/null 2>&1
+
 # A smoke run of the benchmarks: fails on wrong behaviour (an error, a double
 # claim, more than one RPC per request, a device never recovered), never on a
 # slow figure; figures go to test-results/bench/.

@@ -62,39 +62,10 @@ async function run(command: string, args: string[], env: Record<string, string> 
   return text;
 }
 
-/** A fresh database with the Supabase bootstrap and every migration applied. */
+/** A fresh database with the Supabase bootstrap and every migration applied (local/db.sh). */
 export async function createBenchDatabase(name: string): Promise<string> {
-  await dropBenchDatabase(name);
-  const admin = postgres(databaseUrl("postgres"), { max: 1, onnotice: () => {} });
-  try {
-    await admin.unsafe(`create database ${name}`);
-  } finally {
-    await admin.end();
-  }
-  await run("psql", [
-    "-X",
-    "-q",
-    "-v",
-    "ON_ERROR_STOP=1",
-    "-h",
-    "127.0.0.1",
-    "-p",
-    PORT,
-    "-U",
-    "postgres",
-    "-d",
-    name,
-    "-f",
-    "local/sql/supabase-bootstrap.sql",
-  ]);
-  await run(`${REPO}/node_modules/.bin/supabase`, [
-    "db",
-    "push",
-    "--db-url",
-    // The CLI treats any port but the config's 54322 as remote, and then wants TLS.
-    PORT === "54322" ? databaseUrl(name) : `${databaseUrl(name)}?sslmode=disable`,
-    "--yes",
-  ]);
+  await run(`${REPO}/local/db.sh`, ["create-db", name]);
+  await run(`${REPO}/local/db.sh`, ["push", name]);
   return databaseUrl(name);
 }
 
@@ -105,6 +76,18 @@ export async function dropBenchDatabase(name: string): Promise<void> {
   } finally {
     await admin.end();
   }
+}
+
+/**
+ * The same database as the cluster's superuser (supabase_admin, local/db.sh), for
+ * observing only: loading auto_explain and its settings are superuser-only on
+ * plain PostgreSQL (a hosted project preloads it and lets postgres set them
+ * through supautils). Everything measured runs as postgres.
+ */
+export function asSuperuser(url: string): string {
+  const parsed = new URL(url);
+  parsed.username = "supabase_admin";
+  return parsed.href;
 }
 
 export function connect(url: string, max = 1, onnotice?: (n: postgres.Notice) => void) {

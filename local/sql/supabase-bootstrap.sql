@@ -4,13 +4,49 @@
 -- privileges, the `extensions` and `auth` schemas, `auth.users` and the JWT
 -- helpers that PostgREST-style requests rely on.
 --
--- Only what this bundle touches is reproduced. Notably hosted `postgres` is
--- not a superuser; locally it is, so the lint/advisor gates matter.
+-- Only what this bundle touches is reproduced. Run by local/db.sh as the
+-- cluster's superuser, `supabase_admin`, as on a hosted project; `postgres`,
+-- which the migrations and every tool connect as, is not a superuser.
+--
+-- Extensions a non-superuser cannot create are created here, ahead of the
+-- migrations. On a hosted project `postgres` creates them itself: supautils
+-- runs CREATE EXTENSION of a listed extension as supabase_admin
+-- (supabase/postgres ansible/files/postgresql_config/conf.d/supautils.conf,
+-- `supautils.privileged_extensions`), which plain PostgreSQL cannot do; so a
+-- migration's `create extension if not exists` finds them made here.
 
 create schema if not exists extensions;
 create extension if not exists pgcrypto with schema extensions;
 create extension if not exists "uuid-ossp" with schema extensions;
-create extension if not exists pg_stat_statements with schema extensions;
+do $$
+begin
+  if exists (select from pg_available_extensions where name = 'pg_stat_statements') then
+    create extension if not exists pg_stat_statements with schema extensions;
+  end if;
+end
+$$;
+
+-- `postgres`, as supabase/postgres makes it: created a superuser, then demoted
+-- (migrations/db/migrations/10000000000000_demote-postgres.sql), owner of the
+-- project's database (migrate.sh: alter database postgres owner to postgres),
+-- with the search path of init-scripts/00000000000003-post-setup.sql.
+do $$
+begin
+  if not exists (select from pg_roles where rolname = 'postgres') then
+    create role postgres login password 'postgres';
+  end if;
+end
+$$;
+alter role postgres nosuperuser createdb createrole login replication bypassrls;
+alter role postgres set search_path to "$user", public, extensions;
+do $$ begin execute format('alter database %I owner to postgres', current_database()); end $$;
+-- migrations/20230306081037_grant_pg_monitor_to_postgres.sql,
+-- migrations/20240606060239_grant_predefined_roles_to_postgres.sql
+grant pg_monitor, pg_read_all_data, pg_signal_backend to postgres;
+grant all on schema extensions to postgres;
+grant all on all tables in schema extensions to postgres with grant option;
+grant all on all routines in schema extensions to postgres with grant option;
+grant all on all sequences in schema extensions to postgres with grant option;
 
 do $$
 begin
@@ -33,6 +69,18 @@ end
 $$;
 
 grant anon, authenticated, service_role to authenticator;
+-- migrations/20230201083204_grant_auth_roles_to_postgres.sql; WITH ADMIN OPTION
+-- on 16 and later (20250605172253_grant_with_admin_to_postgres_16_and_above.sql),
+-- where CREATEROLE alone no longer lets a role alter or grant another.
+do $$
+begin
+  if current_setting('server_version_num')::int >= 160000 then
+    grant anon, authenticated, service_role to postgres with admin option;
+  else
+    grant anon, authenticated, service_role to postgres;
+  end if;
+end
+$$;
 
 -- The API roles inherit on hosted projects since supabase/postgres
 -- migrations/db/migrations/20230529180330_alter_api_roles_for_inherit.sql.
@@ -56,10 +104,15 @@ alter role authenticator set lock_timeout = '8s';
 
 -- PostgREST exposes `public`; Supabase gives the API roles everything in it by
 -- default, which is why our migrations revoke what they must not have.
+-- init-scripts/00000000000000-initial-schema.sql runs these as postgres (so
+-- for what postgres creates) and `for user supabase_admin`.
 grant usage on schema public to postgres, anon, authenticated, service_role;
-alter default privileges in schema public grant all on tables to postgres, anon, authenticated, service_role;
-alter default privileges in schema public grant all on functions to postgres, anon, authenticated, service_role;
-alter default privileges in schema public grant all on sequences to postgres, anon, authenticated, service_role;
+alter default privileges for role postgres in schema public grant all on tables to postgres, anon, authenticated, service_role;
+alter default privileges for role postgres in schema public grant all on functions to postgres, anon, authenticated, service_role;
+alter default privileges for role postgres in schema public grant all on sequences to postgres, anon, authenticated, service_role;
+alter default privileges for role supabase_admin in schema public grant all on tables to postgres, anon, authenticated, service_role;
+alter default privileges for role supabase_admin in schema public grant all on functions to postgres, anon, authenticated, service_role;
+alter default privileges for role supabase_admin in schema public grant all on sequences to postgres, anon, authenticated, service_role;
 grant usage on schema extensions to postgres, anon, authenticated, service_role;
 alter role authenticator set search_path to public, extensions;
 
@@ -187,5 +240,50 @@ grant execute on function auth.uid(), auth.role(), auth.jwt(), auth.email()
   to anon, authenticated, service_role;
 grant select on auth.users to service_role;
 
--- pgTAP lives in `extensions` as on a hosted project where tests enable it.
-create extension if not exists pgtap with schema extensions;
+-- What postgres may do in `auth` (migrations/20211115181400_update-auth-permissions.sql:
+-- all on its tables, sequences and routines, which seed files inserting users rely on;
+-- 20250421084701_revoke_admin_roles_from_postgres.sql takes back only Auth's own
+-- migration table and CREATE in the schema, neither of which exists or is granted here).
+grant usage on schema auth to postgres;
+grant all on all tables in schema auth to postgres;
+grant all on all sequences in schema auth to postgres;
+grant all on all routines in schema auth to postgres;
+
+-- pgTAP lives in `extensions` as on a hosted project where tests enable it
+-- (local/db.sh loads its SQL where the server has no package of it).
+do $$
+begin
+  if exists (select from pg_available_extensions where name = 'pgtap') then
+    create extension if not exists pgtap with schema extensions;
+  end if;
+  -- `supabase db lint` runs plpgsql_check; on a hosted project it is a privileged extension.
+  if exists (select from pg_available_extensions where name = 'plpgsql_check') then
+    create extension if not exists plpgsql_check with schema extensions;
+  end if;
+end
+$$;
+
+-- pg_cron where it runs (the database cron.database_name names), with what
+-- supabase/postgres grants postgres after creating it
+-- (ansible/files/postgresql_extension_custom_scripts/pg_cron/after-create.sql):
+-- its functions and run history, read-only `cron.job` (jobs change through
+-- cron.schedule/unschedule only).
+do $$
+begin
+  if exists (select from pg_available_extensions where name = 'pg_cron')
+     and current_database() = coalesce(current_setting('cron.database_name', true), 'postgres') then
+    create extension if not exists pg_cron with schema pg_catalog;
+    grant usage on schema cron to postgres with grant option;
+    grant all on all functions in schema cron to postgres with grant option;
+    grant all privileges on all tables in schema cron to postgres with grant option;
+    alter default privileges for user supabase_admin in schema cron
+      grant all on sequences to postgres with grant option;
+    alter default privileges for user supabase_admin in schema cron
+      grant all on tables to postgres with grant option;
+    alter default privileges for user supabase_admin in schema cron
+      grant all on functions to postgres with grant option;
+    revoke all on table cron.job from postgres;
+    grant select on table cron.job to postgres with grant option;
+  end if;
+end
+$$;
