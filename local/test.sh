@@ -4,7 +4,7 @@
 #   the stock CLI), lint and advisor gates, pgTAP (supabase/tests/database), and
 #   the Deno suites in tests/ (gateway fidelity, functions in-process and end
 #   to end, worker, demo). The database suites and one end-to-end run go again
-#   on PostgreSQL 17 (what runs where: README, "PostgreSQL 15 and 17").
+#   on PostgreSQL 17 (what runs where: README, "The local stack").
 #   Migrations are always applied by a `postgres` that is not a superuser.
 # Ends with one line: "N passed, M failed".
 set -uo pipefail

@@ -123,7 +123,7 @@ async function generateSigningKey(): Promise<jose.JWK> {
 }
 
 /**
- * Loads the project's signing keys (default: `[auth] signing_keys_path`),
+ * Loads the project's signing keys (default: signingKeysPath()),
  * creating the file with one ES256 key on first use. The first private EC
  * key signs; every key in the file is published.
  */
