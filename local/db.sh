@@ -16,6 +16,7 @@
 #   local/db.sh reset            throw the cluster away, create it anew, push migrations
 #   local/db.sh push [db]        apply pending migrations with `supabase db push`, as postgres
 #   local/db.sh create-db <db>   an empty Supabase-shaped database (dropped first if it exists)
+#   local/db.sh migrated [db]    fails unless a non-superuser postgres recorded every migration
 #   local/db.sh url [db]         the connection URL as postgres (cli-url: as the CLI needs it)
 #   local/db.sh psql [args]      psql as postgres (psql-admin: as supabase_admin)
 set -euo pipefail
@@ -167,6 +168,22 @@ bootstrap() { # bootstrap <db>
   fi
 }
 
+# migrated [db]: `postgres` is not a superuser, and every migration file is
+# recorded in supabase_migrations.schema_migrations; says what it found.
+migrated() {
+  local want have
+  want="$(find "$ROOT/supabase/migrations" -name '*.sql' -printf '%f\n' | cut -d_ -f1 | sort | paste -sd,)"
+  have="$(psql_admin -d "$1" -At -c "
+    select (select rolsuper from pg_roles where rolname = 'postgres')::text || ' ' ||
+           coalesce((select string_agg(version, ',' order by version)
+                       from supabase_migrations.schema_migrations), '')")"
+  echo "postgres superuser: ${have%% *}; migrations recorded: $(tr ',' '\n' <<<"${have#* }" | grep -c .) of $(tr ',' '\n' <<<"$want" | grep -c .)"
+  if [ "$have" != "false $want" ]; then
+    printf 'files:    %s\nrecorded: %s\n' "$want" "${have#* }"
+    return 1
+  fi
+}
+
 create_db() { # create_db <db>: anew, owned by postgres as a project's database is
   psql_admin -d postgres -c "drop database if exists \"$1\" with (force)" >/dev/null
   psql_admin -d postgres -c "create database \"$1\"" >/dev/null
@@ -203,6 +220,7 @@ case "${1:-}" in
   reset) reset ;;
   push) push "${2:-postgres}" ;;
   create-db) create_db "${2:?usage: local/db.sh create-db <name>}" ;;
+  migrated) migrated "${2:-postgres}" ;;
   url) db_url "${2:-postgres}" ;;
   cli-url) cli_url "${2:-postgres}" ;;
   state-dir) echo "$STATE" ;;
@@ -210,5 +228,5 @@ case "${1:-}" in
   psql-admin) shift; psql_as "$SUPERUSER" -d postgres "$@" ;;
   port) echo "$DB_PORT" ;;
   major) echo "$PG_MAJOR" ;;
-  *) echo "usage: local/db.sh start|stop|reset|push|create-db|url|cli-url|psql|psql-admin|state-dir|port|major" >&2; exit 2 ;;
+  *) echo "usage: local/db.sh start|stop|reset|push|create-db|migrated|url|cli-url|psql|psql-admin|state-dir|port|major" >&2; exit 2 ;;
 esac

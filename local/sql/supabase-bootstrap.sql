@@ -18,11 +18,18 @@
 create schema if not exists extensions;
 create extension if not exists pgcrypto with schema extensions;
 create extension if not exists "uuid-ossp" with schema extensions;
+-- Where the server has them: pg_stat_statements; pgTAP, which tests use (local/db.sh
+-- loads its SQL where the server has no package of it); plpgsql_check, which
+-- `supabase db lint` runs (a privileged extension on a hosted project).
 do $$
+declare
+  v_name text;
 begin
-  if exists (select from pg_available_extensions where name = 'pg_stat_statements') then
-    create extension if not exists pg_stat_statements with schema extensions;
-  end if;
+  foreach v_name in array array['pg_stat_statements', 'pgtap', 'plpgsql_check'] loop
+    if exists (select from pg_available_extensions where name = v_name) then
+      execute format('create extension if not exists %I with schema extensions', v_name);
+    end if;
+  end loop;
 end
 $$;
 
@@ -248,20 +255,6 @@ grant usage on schema auth to postgres;
 grant all on all tables in schema auth to postgres;
 grant all on all sequences in schema auth to postgres;
 grant all on all routines in schema auth to postgres;
-
--- pgTAP lives in `extensions` as on a hosted project where tests enable it
--- (local/db.sh loads its SQL where the server has no package of it).
-do $$
-begin
-  if exists (select from pg_available_extensions where name = 'pgtap') then
-    create extension if not exists pgtap with schema extensions;
-  end if;
-  -- `supabase db lint` runs plpgsql_check; on a hosted project it is a privileged extension.
-  if exists (select from pg_available_extensions where name = 'plpgsql_check') then
-    create extension if not exists plpgsql_check with schema extensions;
-  end if;
-end
-$$;
 
 -- pg_cron where it runs (the database cron.database_name names), with what
 -- supabase/postgres grants postgres after creating it
