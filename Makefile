@@ -1,6 +1,6 @@
 # The front door. Every target does its own set-up (local/setup.sh) on a fresh
 # Debian machine with Node only.
-.PHONY: dev test up down db-reset setup lock status reset-device reset-inactive reset-all server-add server-disable server-enable bench chaos
+.PHONY: dev test up down db-reset setup lock migration status reset-device reset-inactive reset-all server-add server-disable server-enable bench chaos
 
 dev: setup          ## the main job: local stack + fleet + live demo (Ctrl-C stops all)
 	@local/dev.sh
@@ -13,6 +13,10 @@ setup:
 
 lock:               ## re-resolve the Deno graphs: deno.lock and each function's deno.lock (README: Dependencies)
 	@LOCK_UPDATE=1 local/setup.sh
+
+migration: up       ## write the next migration from supabase/schemas/: make migration NAME=<name> (docs/schema.md)
+	@test -n "$(NAME)" || { echo "usage: make migration NAME=<name>"; exit 2; }
+	@node_modules/.bin/deno run -A local/schema.ts migration "$(NAME)"
 
 up: setup           ## start database and API gateway, detached
 	@local/db.sh start

