@@ -195,12 +195,13 @@ where d.status = 'reconnecting'
 create or replace view device_assignment.sessions_to_fail_over as
 select d.*
 from public.devices d
-where d.status in ('connected', 'reconnecting')
+where d.status = any(device_assignment.statuses('holds_session'))
   and d.assigned_server_id is null
 union all
 select d.*
 from public.backend_servers s
-join public.devices d on d.assigned_server_id = s.id and d.status in ('connected', 'reconnecting')
+join public.devices d on d.assigned_server_id = s.id
+                      and d.status = any(device_assignment.statuses('holds_session'))
 where not exists (select from device_assignment.live_servers l where l.id = s.id);
 
 -- The same rule, enumerated: every orphaned device's id, each half reached
@@ -265,7 +266,7 @@ begin
     cross join lateral (
       select d.id
       from public.devices d
-      where d.assigned_server_id = s.id and d.status in ('connected', 'reconnecting')
+      where d.assigned_server_id = s.id and d.status = any(device_assignment.statuses('holds_session'))
       offset 0
     ) x
     where not exists (select from device_assignment.live_servers l where l.id = s.id);
@@ -432,7 +433,7 @@ begin
   select array_agg(l.id) into v_locked
   from (
     select d.id from public.devices d
-    where d.id = any(p_device_ids) and d.status in ('connecting', 'connected', 'reconnecting')
+    where d.id = any(p_device_ids) and d.status = any(device_assignment.statuses('needs_server'))
     order by d.id
     for update skip locked
   ) l;
@@ -549,7 +550,7 @@ begin
                             end,
            status = p.new_status,
            connecting_since = case
-                                when p.new_status in ('connecting', 'reconnecting')
+                                when p.new_status = any(device_assignment.statuses('waits_for_server'))
                                      and p.old_status is distinct from p.new_status then now()
                                 else d.connecting_since
                               end,

@@ -32,7 +32,7 @@ begin
     when p_device.status = 'connected'
          and exists (select from device_assignment.live_servers l
                       where l.id = p_device.assigned_server_id) then 'connected'
-    when p_device.status in ('connected', 'reconnecting') then 'reconnecting'
+    when p_device.status = any(device_assignment.statuses('holds_session')) then 'reconnecting'
     when p_device.status = 'connecting' and device_assignment.is_qr_fresh(p_device.qr_expires_at)
       then 'ready'
     when p_device.status = 'connecting' then 'pending'
@@ -93,7 +93,7 @@ declare
   v_wait interval := device_assignment.cooldown_remaining(p_device.last_reassigned_at);
   v_moved record;
 begin
-  if p_device.status in ('connected', 'reconnecting') then
+  if p_device.status = any(device_assignment.statuses('holds_session')) then
     perform device_assignment.raise_api_error('already_connected', 409, null,
       'The device is linked. Disconnect it before pairing again.');
   end if;

@@ -191,7 +191,7 @@ begin
   if not found then
     perform device_assignment.raise_api_error('not_found', 404);
   end if;
-  if v_device.status in ('connected', 'reconnecting') then
+  if v_device.status = any(device_assignment.statuses('holds_session')) then
     perform device_assignment.raise_api_error('already_connected', 409, null,
       'The device is linked. Disconnect it before pairing again.');
   end if;
@@ -286,7 +286,7 @@ begin
   end if;
 
   if (v_device.status = 'connecting' and not device_assignment.is_qr_fresh(v_device.qr_expires_at))
-     or (v_device.status in ('connected', 'reconnecting')
+     or (v_device.status = any(device_assignment.statuses('holds_session'))
          and exists (select from device_assignment.sessions_to_fail_over f where f.id = p_device_id)) then
     select h.action into v_action
     from device_assignment.heal_devices(array[p_device_id], 'user:' || v_uid) h;
@@ -298,7 +298,7 @@ begin
       when v_action = 'reassigned_stale' then 'reassigned_stale'
       when v_action = 'session_failover' and v_device.status = 'reconnecting' then 'session_failover'
       when v_action = 'session_failover' then 'no_stored_session'
-      when v_device.status not in ('connecting', 'reconnecting') then null
+      when v_device.status <> all(device_assignment.statuses('waits_for_server')) then null
       when not exists (select from device_assignment.live_servers) then 'no_active_servers'
       when v_device.status = 'reconnecting' then
         case when v_device.assigned_server_id is null then 'no_server_with_capacity'

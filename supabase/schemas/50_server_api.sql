@@ -142,7 +142,8 @@ begin
         is_healthy = true,
         current_load = greatest(excluded.current_load, (
           select count(*)::integer from public.devices d
-          where d.assigned_server_id = s.id and d.status in ('connecting', 'reconnecting'))),
+          where d.assigned_server_id = s.id
+            and d.status = any(device_assignment.statuses('waits_for_server')))),
         max_capacity = excluded.max_capacity,
         last_health_ping = excluded.last_health_ping,
         metadata = excluded.metadata,
@@ -206,6 +207,9 @@ $$;
 comment on function public.server_heartbeat(text, integer, integer, jsonb, uuid) is
   'Backend servers: renew this server''s lease (creating its row); p_instance_id names the process.';
 
+-- A server's work: the devices it holds (sessions to resume first), then as
+-- many unowned ones as its room allows. `claimed` says the row was taken now;
+-- `resume` that the server must resume its stored session, without a QR.
 create or replace function device_assignment.claim_devices(p_server_id uuid, p_limit integer)
 returns table (
   device_id uuid,
@@ -213,7 +217,8 @@ returns table (
   device_name text,
   status text,
   qr_expires_at timestamptz,
-  claimed boolean
+  claimed boolean,
+  resume boolean
 )
 language plpgsql
 security definer
@@ -244,7 +249,8 @@ begin
   -- Sessions to resume first: their users are offline until they are.
   return query
     select * from (
-      select d.id, d.assignment_epoch, d.device_name, d.status, d.qr_expires_at, false
+      select d.id, d.assignment_epoch, d.device_name, d.status, d.qr_expires_at, false,
+             d.status = 'reconnecting'
       from public.devices d
       where d.status = 'reconnecting' and d.assigned_server_id = p_server_id
       order by d.connecting_since nulls first, d.id
@@ -252,7 +258,8 @@ begin
     ) r
     union all
     select * from (
-      select d.id, d.assignment_epoch, d.device_name, d.status, d.qr_expires_at, false
+      select d.id, d.assignment_epoch, d.device_name, d.status, d.qr_expires_at, false,
+             d.status = 'reconnecting'
       from public.devices d
       where d.status = 'connecting' and d.assigned_server_id = p_server_id
       order by d.connecting_since nulls first, d.id
@@ -317,7 +324,8 @@ begin
   select array_agg(f.id) into v_ids
   from device_assignment.sessions_to_fail_over f where f.id = any(v_locked);
   return query
-    select m.device_id, m.epoch, d.device_name, m.status, d.qr_expires_at, true
+    select m.device_id, m.epoch, d.device_name, m.status, d.qr_expires_at, true,
+           m.status = 'reconnecting'
     from device_assignment.move_devices(
       v_ids, array_fill(p_server_id, array[coalesce(cardinality(v_ids), 0)]), 'session_failover', v_actor) m
     join public.devices d on d.id = m.device_id;
@@ -325,7 +333,8 @@ begin
   select array_agg(o.id) into v_ids
   from device_assignment.orphaned_devices o where o.id = any(v_locked);
   return query
-    select m.device_id, m.epoch, d.device_name, m.status, d.qr_expires_at, true
+    select m.device_id, m.epoch, d.device_name, m.status, d.qr_expires_at, true,
+           m.status = 'reconnecting'
     from device_assignment.move_devices(
       v_ids, array_fill(p_server_id, array[coalesce(cardinality(v_ids), 0)]), 'claimed', v_actor) m
     join public.devices d on d.id = m.device_id;
@@ -340,7 +349,8 @@ returns table (
   status text,
   qr_expires_at timestamptz,
   claimed boolean,
-  pairing_phone text
+  pairing_phone text,
+  resume boolean
 )
 language plpgsql
 set search_path = ''
@@ -348,7 +358,8 @@ as $$
 begin
   perform device_assignment.expire_pairing_requests();
   return query
-    select c.*, device_assignment.pairing_phone_wanted(p_server_id, c.device_id)
+    select c.device_id, c.assignment_epoch, c.device_name, c.status, c.qr_expires_at, c.claimed,
+           device_assignment.pairing_phone_wanted(p_server_id, c.device_id), c.resume
     from device_assignment.claim_devices(p_server_id, p_limit) c;
 end
 $$;
@@ -383,7 +394,7 @@ begin
   end if;
 
   v_device := device_assignment.fenced_device(p_device_id, p_server_id, p_epoch);
-  if v_device.status not in ('connecting', 'reconnecting') then
+  if v_device.status <> all(device_assignment.statuses('waits_for_server')) then
     perform device_assignment.raise_api_error('not_connecting', 409,
       jsonb_build_object('device_id', p_device_id, 'status', v_device.status));
   end if;
@@ -504,11 +515,10 @@ declare
   v_status text := case when p_status = 'logged_out' then 'disconnected' else p_status end;
   v_error text := case when p_status = 'logged_out' then 'logged_out' else left(p_error, 1000) end;
 begin
-  if p_status is null or p_status not in
-       ('connecting', 'connected', 'disconnected', 'qr_timeout', 'error', 'logged_out') then
+  if p_status is null or p_status <> all(device_assignment.statuses('reportable')) then
     perform device_assignment.raise_api_error('invalid_argument', 400,
       jsonb_build_object('argument', 'p_status'),
-      'One of connecting, connected, disconnected, qr_timeout, error, logged_out.');
+      'One of ' || array_to_string(device_assignment.statuses('reportable'), ', ') || '.');
   end if;
 
   perform device_assignment.fenced_device(p_device_id, p_server_id, p_epoch);
@@ -519,7 +529,7 @@ begin
 
   update public.devices d
      set status = v_status,
-         last_error = case when v_status in ('error', 'qr_timeout', 'disconnected') then v_error end,
+         last_error = case when v_status = any(device_assignment.statuses('keeps_error')) then v_error end,
          qr_code = case when v_status = 'connecting' then d.qr_code end,
          qr_updated_at = case when v_status = 'connecting' then d.qr_updated_at end,
          qr_expires_at = case when v_status = 'connecting' then d.qr_expires_at end,
@@ -573,7 +583,7 @@ begin
     into v_connecting, v_linked
   from public.devices d
   where d.assigned_server_id = p_server_id
-    and d.status in ('connecting', 'connected', 'reconnecting');
+    and d.status = any(device_assignment.statuses('needs_server'));
 
   select count(*) filter (where a.to_server_id is not null) into v_reassigned
   from device_assignment.assign_devices(

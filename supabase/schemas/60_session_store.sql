@@ -68,7 +68,7 @@ as $$
 declare
   v_device public.devices := device_assignment.fenced_device(p_device_id, p_server_id, p_epoch);
 begin
-  if v_device.status not in ('connecting', 'connected', 'reconnecting') then
+  if v_device.status <> all(device_assignment.statuses('needs_server')) then
     perform device_assignment.raise_api_error('fenced', 409,
       jsonb_build_object('device_id', p_device_id, 'status', v_device.status),
       'The device is not being linked: it holds no session. Close its socket.');

@@ -283,7 +283,7 @@ begin
       into v_connecting, v_linked
     from public.devices d
     where d.assigned_server_id = v_server.id
-      and d.status in ('connecting', 'connected', 'reconnecting');
+      and d.status = any(device_assignment.statuses('needs_server'));
 
     select count(*)::integer into v_moved
     from (

@@ -51,14 +51,20 @@ export interface FencedWrite {
   epoch: number;
 }
 
-/** `logged_out` is a report only: the database stores the device as `disconnected`. */
-export type DeviceStatus =
-  | "connecting"
-  | "connected"
-  | "disconnected"
-  | "qr_timeout"
-  | "error"
-  | "logged_out";
+/**
+ * What a server may report of a device: the database's definition
+ * (`device_assignment.statuses('reportable')`), which a test pins this list to.
+ * `logged_out` is a report only: the database stores the device as `disconnected`.
+ */
+export const DEVICE_STATUSES = [
+  "connected",
+  "connecting",
+  "disconnected",
+  "error",
+  "logged_out",
+  "qr_timeout",
+] as const;
+export type DeviceStatus = typeof DEVICE_STATUSES[number];
 
 /**
  * One entry of a device's stored session: `(type, id) → value`. The value is
@@ -195,6 +201,7 @@ export function supabaseBackend(client: SupabaseClient, requestTimeoutMs = 5_000
           status: string;
           claimed: boolean;
           pairing_phone: string | null;
+          resume?: boolean;
         }[]
       >("claim_devices", { p_server_id: serverId, p_limit: limit });
       return (rows ?? []).map((row) => ({
@@ -202,7 +209,8 @@ export function supabaseBackend(client: SupabaseClient, requestTimeoutMs = 5_000
         epoch: Number(row.assignment_epoch),
         deviceName: row.device_name,
         claimed: row.claimed,
-        resume: row.status === "reconnecting",
+        // A database migrated before claim_devices returned `resume` says it with the status.
+        resume: row.resume ?? row.status === "reconnecting",
         pairingPhone: row.pairing_phone ?? null,
       }));
     },
