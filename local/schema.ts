@@ -121,31 +121,36 @@ function scheduleDifference(files: string[]): string | null {
     : `pg_cron jobs from migrations:\n${installed.text}\nfrom schemas:\n${fromSchemas}`;
 }
 
+/** pgdelta's difference between the two databases, or null when there is none. */
+function difference(names: { schemas: string; migrations: string }): string | null {
+  const diff = run(PGDELTA, [
+    "diff",
+    "--source",
+    db("url", names.schemas),
+    "--desired",
+    db("url", names.migrations),
+    "--profile",
+    "supabase",
+  ]);
+  return diff.text.trim() === "No differences found." ? null : diff.text;
+}
+
 async function check() {
   const names = await buildBoth(`schema_check_${Deno.pid}`);
   try {
-    const diff = run(PGDELTA, [
-      "diff",
-      "--source",
-      db("url", names.schemas),
-      "--desired",
-      db("url", names.migrations),
-      "--profile",
-      "supabase",
-    ]);
     const files = await schemaFiles();
     console.log(
       `schemas: ${files.length} files; migrations: ${
         [...Deno.readDirSync(`${SUPABASE}/migrations`)].length
       } files`,
     );
-    const same = diff.text.trim() === "No differences found.";
+    const diff = difference(names);
     console.log(
-      same ? "pgdelta diff: no differences" : `pgdelta diff, schemas → migrations:\n${diff.text}`,
+      diff ? `pgdelta diff, schemas → migrations:\n${diff}` : "pgdelta diff: no differences",
     );
     const schedule = scheduleDifference(files);
     console.log(schedule ?? "pg_cron schedule: the same (or no pg_cron on this server)");
-    if (!same || schedule) Deno.exit(1);
+    if (diff || schedule) Deno.exit(1);
   } finally {
     dropBoth(names);
   }
@@ -183,7 +188,7 @@ async function migration(name: string) {
     }
     if (render.code !== 0) {
       throw new Error(
-        `pgdelta render exited with ${render.code}${render.err}\n(a plan that drops needs ALLOW_DROPS=1)`,
+        `pgdelta render exited with ${render.code}: ${render.err.trim()}\n(a plan that drops needs ALLOW_DROPS=1)`,
       );
     }
     const segments = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(".sql"))
@@ -205,6 +210,20 @@ async function migration(name: string) {
   } finally {
     dropBoth(names);
     await Deno.remove(dir, { recursive: true });
+  }
+  // What the plan could not express (a default grant it did not revoke, say)
+  // shows up at once, not at the next make test.
+  const after = await buildBoth(`schema_next_${Deno.pid}`);
+  try {
+    const left = difference(after);
+    console.log(
+      left
+        ? `with it, migrations/ still differ from schemas/; edit the migration by hand:\n${left}`
+        : "with it, migrations/ build what schemas/ defines",
+    );
+    if (left) Deno.exit(1);
+  } finally {
+    dropBoth(after);
   }
 }
 

@@ -120,11 +120,12 @@ select throws_ok($$select public.device_session_write('d0000000-0000-4000-8000-0
   '5e000000-0000-4000-8000-00000000000a', 7, '[{"type":"creds","id":"creds","value":"late"}]')$$,
   'PT409', 'fenced', 'the old server''s late write after the handover is refused');
 select is(
-  (select array_agg(device_id::text || ':' || status order by device_id)
+  (select array_agg(device_id::text || ':' || status || ':' || resume order by device_id)
      from public.claim_devices('5e000000-0000-4000-8000-00000000000b', 10)),
-  array['d0000000-0000-4000-8000-000000000001:reconnecting', 'd0000000-0000-4000-8000-000000000002:connecting',
-        'd0000000-0000-4000-8000-000000000003:connecting'],
-  'the live server''s claim returns the session to resume as reconnecting, and takes the rest');
+  array['d0000000-0000-4000-8000-000000000001:reconnecting:true',
+        'd0000000-0000-4000-8000-000000000002:connecting:false',
+        'd0000000-0000-4000-8000-000000000003:connecting:false'],
+  'the live server''s claim returns the session to resume (resume, reconnecting), and takes the rest');
 select is((select status from public.devices where id = 'd0000000-0000-4000-8000-000000000002'), 'connecting',
   'a linked device without a stored session goes straight to pairing');
 select is(public.device_session_read('d0000000-0000-4000-8000-000000000001',
