@@ -7,7 +7,7 @@
  * whether the database took it, so the chaos run can check that none was
  * accepted from a server that no longer held the device.
  */
-import { type BackendApi, BackendError } from "../packages/backend/src/api.ts";
+import { type BackendApi, BackendError } from "@device-qr/backend";
 
 /** One `device_session_write` as the worker sent it, and the database's answer. */
 export type SessionWriteEvent = {

@@ -66,6 +66,8 @@ interface WorkerProcess {
 }
 
 const WORKER_ENTRY = new URL("./main.ts", import.meta.url);
+/** The repository's config, whatever the cwd: its import map names the package (`@device-qr/backend`). */
+const WORKER_CONFIG = new URL("../deno.json", import.meta.url);
 
 export class Fleet {
   readonly events: FleetEvent[] = [];
@@ -311,7 +313,7 @@ export class Fleet {
   #spawn(name: string, restarts: number): void {
     const { SUPABASE_SECRET_KEY: _operatorOnly, ...env } = this.#options.env;
     const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", "--quiet", WORKER_ENTRY.pathname],
+      args: ["run", "-A", "--quiet", "--config", WORKER_CONFIG.pathname, WORKER_ENTRY.pathname],
       env: { ...env, WORKER_NAME: name, WORKER_EXIT_ON_STDIN_EOF: "1" },
       stdin: "piped",
       stdout: "piped",

@@ -23,11 +23,10 @@
  * stdin when WORKER_EXIT_ON_STDIN_EOF=1.
  */
 import { createClient } from "@supabase/supabase-js";
-import { supabaseBackend } from "../packages/backend/src/api.ts";
+import { BackendClient, type BackendClientEvent, supabaseBackend } from "@device-qr/backend";
 import { FaultyBackend } from "./faults.ts";
 import { runSessionTraffic } from "./session_traffic.ts";
 import { DEFAULT_SIMULATOR_CONFIG, SimulatedWhatsApp, WHATSAPP_PAIRING } from "./pairing.ts";
-import { BackendClient, type BackendClientEvent } from "../packages/backend/src/client.ts";
 
 function numberEnv(name: string): number | undefined {
   const raw = Deno.env.get(name);

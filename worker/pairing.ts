@@ -21,15 +21,17 @@
  * out). Entering that code on the phone (simulated) links the device exactly
  * like a scan.
  */
-import { type BackendApi, BackendError } from "../packages/backend/src/api.ts";
 import {
+  type BackendApi,
+  BackendError,
+  type Clock,
   type DeviceHandler,
   type HeldDevice,
   isDeviceGone,
   type PairingCode,
   type StopReason,
-} from "../packages/backend/src/client.ts";
-import { type Clock, systemClock } from "../packages/backend/src/clock.ts";
+  systemClock,
+} from "@device-qr/backend";
 
 /** The fenced session store calls the simulated WhatsApp needs. */
 export type SessionStore = Pick<BackendApi, "writeSession" | "readSession">;

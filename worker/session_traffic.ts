@@ -8,8 +8,7 @@
  *
  * Off unless WORKER_SESSION_TRAFFIC_MS is set (the chaos run sets it).
  */
-import type { SessionEntry } from "../packages/backend/src/api.ts";
-import type { BackendClient } from "../packages/backend/src/client.ts";
+import type { BackendClient, SessionEntry } from "@device-qr/backend";
 import type { SessionStore } from "./pairing.ts";
 
 /** Every `intervalMs`, one fenced `keys.set` per linked device, until `signal` aborts. */

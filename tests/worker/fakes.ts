@@ -6,12 +6,12 @@ import {
   type AssignedDevice,
   type BackendApi,
   BackendError,
+  type Clock,
   type DeviceStatus,
   type Heartbeat,
   type HeartbeatInput,
   type SessionEntry,
-} from "../../packages/backend/src/api.ts";
-import type { Clock } from "../../packages/backend/src/clock.ts";
+} from "@device-qr/backend";
 
 export class FakeClock implements Clock {
   constructor(public time = Date.UTC(2026, 0, 1)) {}

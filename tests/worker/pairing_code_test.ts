@@ -3,14 +3,15 @@
  * request to the device handler and one fenced publish, on a fake clock.
  */
 import assert from "node:assert/strict";
-import { type AssignedDevice, BackendError } from "../../packages/backend/src/api.ts";
 import {
+  type AssignedDevice,
   BackendClient,
   type BackendClientEvent,
+  BackendError,
   type DeviceHandler,
   type HeldDevice,
   type PairingCode,
-} from "../../packages/backend/src/client.ts";
+} from "@device-qr/backend";
 import { PAIRING_CODE_ALPHABET, SimulatedWhatsApp } from "../../worker/pairing.ts";
 import { FakeClock, FakeDatabase } from "./fakes.ts";
 

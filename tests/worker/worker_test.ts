@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
-import { BackendError } from "../../packages/backend/src/api.ts";
 import {
   BackendClient,
   type BackendClientConfig,
   type BackendClientEvent,
-} from "../../packages/backend/src/client.ts";
+  BackendError,
+} from "@device-qr/backend";
 import { SimulatedWhatsApp } from "../../worker/pairing.ts";
 import { FakeClock, FakeDatabase } from "./fakes.ts";
 
