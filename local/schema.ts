@@ -11,7 +11,7 @@
  * local cluster (local/db.sh create-db): one from the schema files, one from
  * the migrations through `supabase db push`. pg_cron lives only in the
  * `postgres` database (cron.database_name), so the schedule is compared there,
- * inside a transaction that is rolled back.
+ * applied over the installed one inside a transaction that is rolled back.
  */
 import { parse as parseToml } from "smol-toml";
 
@@ -96,7 +96,11 @@ function dropBoth(names: { schemas: string; migrations: string }) {
   }
 }
 
-/** The pg_cron jobs the migrations installed, against those the schedule file installs, in `postgres`. */
+/**
+ * The pg_cron jobs the migrations installed, against the jobs after the
+ * schedule file is applied over them, in `postgres`: equal when the file
+ * schedules the same jobs and applying it again duplicates none.
+ */
 function scheduleDifference(files: string[]): string | null {
   const query =
     "select jobname || ' ' || schedule || ' ' || command from cron.job where jobname like 'device-assignment-%' order by jobname";
@@ -108,8 +112,6 @@ function scheduleDifference(files: string[]): string | null {
     "-At",
     "-c",
     "begin",
-    "-c",
-    "select count(cron.unschedule(jobname)) from cron.job where jobname like 'device-assignment-%'",
     ...scheduled.flatMap((f) => ["-f", f]),
     "-c",
     query,

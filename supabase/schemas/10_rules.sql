@@ -208,7 +208,7 @@ where not exists (select from device_assignment.live_servers l where l.id = s.id
 -- through its own index, so finding none reads no device. (The planner, left
 -- to itself with the view, guesses a third of the servers are not live and
 -- hash-joins every connecting device; OFFSET 0 keeps the per-server probe.)
--- 05_operator_api.test.sql checks that it and the view always agree.
+-- operator_api.test.sql checks that it and the view always agree.
 create or replace function device_assignment.connecting_on_non_live_servers()
 returns setof uuid
 language plpgsql

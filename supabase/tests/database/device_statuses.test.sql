@@ -53,12 +53,8 @@ select is(
   0, 'a status that holds a session needs a server, so a dead one is failed over');
 
 -- A report the definition does not allow is refused, naming what it allows.
-insert into auth.users (id, email) values ('a0000000-0000-4000-8000-000000000001', 'owner@example.com');
-insert into public.backend_servers (id, server_name, last_health_ping)
-values ('5e000000-0000-4000-8000-000000000001', 'srv-a', now());
-insert into public.devices (id, user_id, status, assigned_server_id, assignment_epoch, connecting_since)
-values ('d0000000-0000-4000-8000-000000000001', 'a0000000-0000-4000-8000-000000000001', 'connecting',
-        '5e000000-0000-4000-8000-000000000001', 1, now());
+select tests.create_user('owner'), tests.create_server('srv-a');
+select tests.create_device('phone', 'owner', 'connecting', 'srv-a', 1);
 create function pg_temp.hint_of(p_sql text) returns text language plpgsql as $f$
 declare v_hint text;
 begin
@@ -68,27 +64,23 @@ exception when others then
   get stacked diagnostics v_hint = pg_exception_hint;
   return sqlstate || ' ' || sqlerrm || ': ' || v_hint;
 end $f$;
-select is(pg_temp.hint_of($$select public.report_device_status('d0000000-0000-4000-8000-000000000001',
-      '5e000000-0000-4000-8000-000000000001', 1, 'reconnecting')$$),
+select is(pg_temp.hint_of($$select public.report_device_status(tests.id('phone'), tests.id('srv-a'), 1, 'reconnecting')$$),
   'PT400 invalid_argument: One of connected, connecting, disconnected, error, logged_out, qr_timeout.',
   'reconnecting is not a report, and the refusal names what is');
-select public.report_device_status('d0000000-0000-4000-8000-000000000001',
-  '5e000000-0000-4000-8000-000000000001', 1, 'error', 'boom');
-select is((select last_error from public.devices where id = 'd0000000-0000-4000-8000-000000000001'),
+select public.report_device_status(tests.id('phone'), tests.id('srv-a'), 1, 'error', 'boom');
+select is((select last_error from public.devices where id = tests.id('phone')),
   'server_error', 'a status that keeps an error keeps the code of the report');
 
 -- A legacy value survives: the rules leave it alone, its owner sees it as not connecting.
 update public.devices set status = 'qr_ready', last_error = null
- where id = 'd0000000-0000-4000-8000-000000000001';
+ where id = tests.id('phone');
 select public.run_assignment_maintenance();
-select is((select status from public.devices where id = 'd0000000-0000-4000-8000-000000000001'),
+select is((select status from public.devices where id = tests.id('phone')),
   'qr_ready', 'a legacy status is kept through a maintenance pass');
-set local role authenticated;
-select set_config('request.jwt.claims',
-  '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
-select is(public.get_device_qr('d0000000-0000-4000-8000-000000000001') ->> 'status', 'not_connecting',
+select tests.as_user('owner');
+select is(public.get_device_qr(tests.id('phone')) ->> 'status', 'not_connecting',
   'its owner sees a legacy status as not connecting');
-reset role;
+select tests.as_system();
 
 select * from finish();
 rollback;

@@ -1,5 +1,5 @@
--- pg_cron heals the fleet with nobody looking; scheduling is idempotent
--- (make test re-applies every migration before this file runs).
+-- pg_cron heals the fleet with nobody looking. (That applying the schedule
+-- again duplicates no job is checked by make test's schemas gate.)
 begin;
 set local search_path to public, extensions;
 select plan(6);
