@@ -125,10 +125,7 @@ export function whatsappPairingCode(): string {
   ).join("");
 }
 
-/** How WhatsApp shows a code to the user ("ABCD-EFGH"); typed with or without the dash. */
-export function formatPairingCode(code: string): string {
-  return code.length === 8 ? `${code.slice(0, 4)}-${code.slice(4)}` : code;
-}
+export { formatPairingCode } from "./pairing_code_format.ts";
 
 export interface SimulatorConfig {
   pairing: PairingSchedule;

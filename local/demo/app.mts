@@ -11,7 +11,7 @@
  */
 import { createClient } from "@supabase/supabase-js";
 import { CONTROL_TOKEN_HEADER } from "../../worker/control_auth.ts";
-import { formatPairingCode } from "../../worker/pairing.ts";
+import { formatPairingCode } from "../../worker/pairing_code_format.ts";
 
 interface DemoConfig {
   supabaseUrl: string;

@@ -24,6 +24,9 @@ Deno.test("the demo page type-checks against the DOM and bundles for the browser
     const code = await Deno.readTextFile(out);
     assert.ok(code.includes("functions/v1"), "supabase-js is bundled in, not loaded from a CDN");
     assert.doesNotMatch(code, /from\s*["']https?:/, "no remote imports left");
+    // A browser cannot load Node's built-ins: a worker module the page imports
+    // must not pull the backend package (its crypto) into the page.
+    assert.doesNotMatch(code, /(from|import)\s*\(?\s*["']node:/, "no node: imports in the page");
   } finally {
     await Deno.remove(out);
   }
