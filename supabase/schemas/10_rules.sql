@@ -459,21 +459,25 @@ begin
                       || ' times without producing a QR'
    where d.id = any(v_due);
 
+  -- Each locked id by its key, as claim_devices decides (see there why).
   select array_agg(o.id) into v_orphaned
-  from device_assignment.orphaned_devices o
-  where o.id = any(v_locked)
-    and o.reassign_count < v_max
+  from unnest(v_locked) l(id)
+  cross join lateral (select o.* from device_assignment.orphaned_devices o
+                      where o.id = l.id offset 0) o
+  where o.reassign_count < v_max
     and device_assignment.cooldown_remaining(o.last_reassigned_at) = interval '0';
 
   select array_agg(s.id) into v_stale
-  from device_assignment.stale_devices s
-  where s.id = any(v_locked)
-    and s.reassign_count < v_max
+  from unnest(v_locked) l(id)
+  cross join lateral (select s.* from device_assignment.stale_devices s
+                      where s.id = l.id offset 0) s
+  where s.reassign_count < v_max
     and device_assignment.cooldown_remaining(s.last_reassigned_at) = interval '0';
 
   select array_agg(f.id) into v_failover
-  from device_assignment.sessions_to_fail_over f
-  where f.id = any(v_locked);
+  from unnest(v_locked) l(id)
+  cross join lateral (select f.id from device_assignment.sessions_to_fail_over f
+                      where f.id = l.id offset 0) f;
 
   return query
     select a.device_id,

@@ -321,8 +321,14 @@ begin
     return;
   end if;
 
+  -- Each locked id is looked up by its key (lateral, fenced by OFFSET 0). Filtered
+  -- by `id = any(...)`, the views let the planner walk a partial index instead,
+  -- and right after a burst of orphans, whose statistics say the queue is empty,
+  -- it read the whole queue on every claim (18 ms at 1,000,000 devices).
   select array_agg(f.id) into v_ids
-  from device_assignment.sessions_to_fail_over f where f.id = any(v_locked);
+  from unnest(v_locked) l(id)
+  cross join lateral (select f.id from device_assignment.sessions_to_fail_over f
+                      where f.id = l.id offset 0) f;
   return query
     select m.device_id, m.epoch, d.device_name, m.status, d.qr_expires_at, true,
            m.status = 'reconnecting'
@@ -331,7 +337,9 @@ begin
     join public.devices d on d.id = m.device_id;
 
   select array_agg(o.id) into v_ids
-  from device_assignment.orphaned_devices o where o.id = any(v_locked);
+  from unnest(v_locked) l(id)
+  cross join lateral (select o.id from device_assignment.orphaned_devices o
+                      where o.id = l.id offset 0) o;
   return query
     select m.device_id, m.epoch, d.device_name, m.status, d.qr_expires_at, true,
            m.status = 'reconnecting'

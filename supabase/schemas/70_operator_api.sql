@@ -69,8 +69,11 @@ begin
       from (select d.id from public.devices d where d.id = any(v_ids)
             order by d.id for update skip locked) l;
       if p_scope = 'inactive' then
+        -- Each by its key, as claim_devices decides (see there why).
         select array_agg(o.id) into v_ids
-        from device_assignment.orphaned_devices o where o.id = any(v_ids);
+        from unnest(v_ids) l(id)
+        cross join lateral (select o.id from device_assignment.orphaned_devices o
+                            where o.id = l.id offset 0) o;
       else
         select array_agg(d.id) into v_ids
         from public.devices d where d.id = any(v_ids) and d.status = 'connecting';
