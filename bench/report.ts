@@ -4,6 +4,7 @@
  */
 import type { FailoverReport } from "./failover.ts";
 import { barChart, logLogChart } from "./lib/chart.ts";
+import { type PeerResult, PEERS } from "./peers.ts";
 import type { MemoryReport, MemoryRun } from "./memory.ts";
 import { fmt, type Summary } from "./lib/stats.ts";
 import type { CostCell, Endpoint, RequestCostReport } from "./request_cost.ts";
@@ -32,6 +33,7 @@ export interface BenchResults {
   env: Environment;
   requestCost: RequestCostReport | null;
   sqlScale: ScaleReport | null;
+  peers: PeerResult[] | null;
   failover: FailoverReport | null;
   sessionFailover: SessionFailoverReport | null;
   sessionStore: SessionStoreReport | null;
@@ -261,6 +263,25 @@ function sqlSection(r: ScaleReport, verdicts: Verdict[]): string {
         met: growth < 1.5,
       });
     }
+    if (smallest && smallest !== largest) {
+      const ratio = largest.claimsPerSecond.median / smallest.claimsPerSecond.median;
+      verdicts.push({
+        key: "claims-flat",
+        target: `claims flat in table size: claims/s at ${
+          largest.devices.toLocaleString("en-US")
+        } ≥ 0.9× at ${smallest.devices.toLocaleString("en-US")}`,
+        measured: `${fmt(largest.claimsPerSecond.median)} vs ${
+          fmt(smallest.claimsPerSecond.median)
+        } claims/s: ×${fmt(ratio)}`,
+        met: ratio >= 0.9,
+      });
+    }
+    verdicts.push({
+      key: "health",
+      target: `assignment_health() ≤ 50 ms at ${largest.devices.toLocaleString("en-US")} devices`,
+      measured: ms(largest.healthMs),
+      met: largest.devices >= 1_000_000 ? largest.healthMs.median <= 50 : null,
+    });
     const claims = largest.claimsPerSecond.median;
     verdicts.push({
       key: "claims",
@@ -286,6 +307,61 @@ function sqlSection(r: ScaleReport, verdicts: Verdict[]): string {
       met: largest.bulkMoved >= 10_000 ? largest.bulkMs.median < 1000 : null,
     });
   }
+  return lines.join("\n");
+}
+
+/**
+ * claim_devices next to the queues people pick instead, measured in the same
+ * run: each peer's jobs/s as a ratio to our claims/s at the same size.
+ */
+function peersSection(peers: PeerResult[], scale: ScaleReport | null, verdicts: Verdict[]): string {
+  const sizes = [...new Set(peers.map((p) => p.waiting))].sort((a, b) => a - b);
+  const ours = (n: number) => scale?.results.find((x) => x.devices === n)?.claimsPerSecond;
+  const lines = [
+    `| rows | claim_devices claims/s | ${
+      PEERS.map((p) => `${p} ${peers.find((x) => x.peer === p)?.version ?? ""} jobs/s (÷ ours)`)
+        .join(" | ")
+    } |`,
+    `|---:|---:|${PEERS.map(() => "---:").join("|")}|`,
+  ];
+  for (const n of sizes) {
+    const mine = ours(n);
+    const cells = PEERS.map((p) => {
+      const r = peers.find((x) => x.peer === p && x.waiting === n);
+      if (!r) return "–";
+      const ratio = mine ? ` (×${fmt(r.perSecond.median / mine.median)})` : "";
+      return `${fmt(r.perSecond.median)} (${fmt(r.perSecond.min)}–${fmt(r.perSecond.max)})${ratio}`;
+    });
+    lines.push(
+      `| ${n.toLocaleString("en-US")} | ${
+        mine ? `${fmt(mine.median)} (${fmt(mine.min)}–${fmt(mine.max)})` : "not measured"
+      } | ${cells.join(" | ")} |`,
+    );
+    if (mine) {
+      const fastest = Math.max(
+        ...PEERS.map((p) =>
+          peers.find((x) => x.peer === p && x.waiting === n)?.perSecond.median ?? 0
+        ),
+      );
+      verdicts.push({
+        key: "peers",
+        target: `claim_devices at least as fast as the faster peer (${
+          n.toLocaleString("en-US")
+        } rows)`,
+        measured: `${fmt(mine.median)} vs ${fmt(fastest)} /s: ×${fmt(mine.median / fastest)}`,
+        met: mine.median >= fastest,
+      });
+    }
+  }
+  const duplicates = peers.reduce((s, p) => s + p.runs.reduce((t, r) => t + r.duplicates, 0), 0);
+  lines.push(
+    "",
+    `Same cluster, same run, 8 concurrent claimers taking batches of 100 until ${
+      fmt(peers[0]?.runs[0]?.fetched ?? 0)
+    } are taken, median (min–max) of ${
+      peers[0]?.runs.length ?? 0
+    } runs; rows: devices in our table, jobs waiting in theirs. pg-boss: \`fetch(queue, { batchSize: 100 })\`, which marks jobs active, as a claim does. graphile-worker has no fetch-only API: 8 runners with a local queue of 100 (one query fetches and locks 100 jobs) and batched completion run a task that does nothing, timed from the first job, so its figure also pays for completing jobs. claim_devices does more than either: capacity, fencing epochs, and an audit row per device. Jobs taken twice: ${duplicates}.`,
+  );
   return lines.join("\n");
 }
 
@@ -575,6 +651,30 @@ export function renderReport(
       );
       sections.push("\n![SQL at scale](sql-scale.svg)\n");
     }
+  }
+  if (results.peers && results.peers.length > 0) {
+    sections.push(
+      "\n## 3b. Next to the queues people use\n",
+      peersSection(results.peers, results.sqlScale, verdicts),
+    );
+    const ours = results.sqlScale?.results ?? [];
+    charts["claims-peers.svg"] = logLogChart(
+      "Claims (jobs) per second against table size, 8 claimers",
+      "rows in the table",
+      "per second",
+      [
+        {
+          series: "claim_devices",
+          points: ours.map((x) => ({ x: x.devices, y: x.claimsPerSecond.median })),
+        },
+        ...PEERS.map((peer) => ({
+          series: peer,
+          points: results.peers!.filter((p) => p.peer === peer)
+            .map((p) => ({ x: p.waiting, y: p.perSecond.median })),
+        })),
+      ],
+    );
+    sections.push("\n![claims per second, ours and the peers](claims-peers.svg)\n");
   }
   if (results.memory) {
     sections.push(

@@ -11,7 +11,7 @@
  *                                      get-device-qr restarting or over the
  *                                      hosted memory cap), never on a speed figure
  *
- * Options: --only=sql,cost,failover,session,store,memory (sections to run; the
+ * Options: --only=sql,peers,cost,failover,session,store,memory (sections to run; the
  * quick run leaves out session unless named; store, about 5 s, is in it),
  * --out=<dir>.
  *
@@ -28,14 +28,15 @@ import { memoryProblems, runMemory } from "./memory.ts";
 import { runRequestCost } from "./request_cost.ts";
 import { runSessionFailover } from "./session_failover.ts";
 import { runSessionStore, storeProblems } from "./session_store.ts";
+import { runPeers } from "./peers.ts";
 import { runSqlScale } from "./sql_scale.ts";
 
 const args = new Set(Deno.args);
 const quick = args.has("--quick");
 const only = Deno.args.find((a) => a.startsWith("--only="))?.slice(7).split(",") ??
   (quick
-    ? ["sql", "cost", "failover", "store", "memory"]
-    : ["sql", "cost", "failover", "session", "store", "memory"]);
+    ? ["sql", "peers", "cost", "failover", "store", "memory"]
+    : ["sql", "peers", "cost", "failover", "session", "store", "memory"]);
 const outDir = Deno.args.find((a) => a.startsWith("--out="))?.slice(6) ??
   (quick ? `${REPO}/test-results/bench` : `${REPO}/bench/results`);
 const started = performance.now();
@@ -92,6 +93,7 @@ const results: BenchResults = {
   failover: null,
   sessionFailover: null,
   sessionStore: null,
+  peers: null,
   memory: null,
 };
 
@@ -102,6 +104,14 @@ if (only.includes("sql")) {
       ? { idle: 5, orphan: 2, bulk: 2, claim: 1, health: 2 }
       : { idle: 15, orphan: 5, bulk: 5, claim: 3, health: 5 },
     explain: true,
+    log,
+  });
+}
+if (only.includes("peers")) {
+  // The queues people pick instead, at the sizes the SQL section measured claims at.
+  results.peers = await runPeers({
+    sizes: quick ? [10_000] : [10_000, 100_000, 1_000_000],
+    reps: quick ? 1 : 3,
     log,
   });
 }
@@ -159,6 +169,13 @@ log(`wrote ${outDir}/REPORT.md`);
 // The smoke run is a test: it fails on wrong behaviour, not on slow figures.
 // Memory over the hosted cap is wrong behaviour there: the function would be restarted.
 const problems: string[] = results.memory ? memoryProblems(results.memory) : [];
+for (const p of results.peers ?? []) {
+  for (const r of p.runs) {
+    if (r.duplicates > 0 || r.fetched === 0) {
+      problems.push(`${p.peer}, ${p.waiting} waiting: ${r.fetched} taken, ${r.duplicates} twice`);
+    }
+  }
+}
 if (results.sessionStore) problems.push(...storeProblems(results.sessionStore));
 for (const cell of results.requestCost?.cells ?? []) {
   const errors = cell.runs.reduce((s, r) => s + r.errors, 0);

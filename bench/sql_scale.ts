@@ -18,8 +18,15 @@ import { summarize, type Summary } from "./lib/stats.ts";
 export const LIVE_SERVERS = 1000;
 const DEAD_SERVERS = 20;
 const BULK_ORPHANS = 10_000;
-const CLAIMERS = 8;
-const CLAIM_BATCH = 100;
+/** Claims: 8 concurrent claimers take batches of 100 ... */
+export const CLAIMERS = 8;
+export const CLAIM_BATCH = 100;
+/**
+ * ... until this many devices are claimed, the same at every table size (the
+ * pool of 10,000 devices holds only 3,800 disconnected ones), so claims/s at
+ * 10k and at 1M measure the same work. The peers (peers.ts) fetch as many jobs.
+ */
+export const CLAIM_POOL = 3_000;
 
 export interface ScaleReps {
   idle: number;
@@ -424,7 +431,7 @@ export async function runSqlScale(options: ScaleOptions): Promise<ScaleReport> {
       const claims: ClaimRun[] = [];
       for (let i = 0; i < options.reps.claim; i++) {
         await settle(sql);
-        claims.push(await claimRun(url, sql, bulkCount));
+        claims.push(await claimRun(url, sql, Math.min(CLAIM_POOL, pool)));
       }
       options.log(`sql ${n}: assignment_health()`);
       await settle(sql);

@@ -91,6 +91,7 @@ else
 fi
 mapfile -t tooling < <(cd "$ROOT" && find local bench cli worker tests packages/backend \
   -path tests/gateway/fixtures -prune -o -path local/edge-runtime -prune -o -path local/cli-previous -prune -o -path bench/results -prune -o \
+  -path bench/peers -prune -o \
   -path packages/backend/node_modules -prune -o -path packages/backend/dist -prune -o \
   -path packages/backend/dist-test -prune -o \
   -type f \( -name '*.ts' -o -name '*.mts' \) -print | sort)
@@ -101,6 +102,8 @@ for functions_dir in supabase/functions bench/fixtures; do
   (cd "$ROOT" && node_modules/.bin/deno run --quiet "${frozen[@]}" --allow-all \
     local/gateway/functions.ts "$functions_command" "$functions_dir" supabase/config.toml)
 done
+# The queues the benchmark compares with (graphile-worker, pg-boss): a graph of their own.
+(cd "$ROOT" && node_modules/.bin/deno cache --quiet "${frozen[@]}" --config bench/peers/deno.json bench/peers/main.ts)
 # `deno bundle` (the demo page) fetches its esbuild binary on first use.
 bundle="$(mktemp --suffix=.js)"
 (cd "$ROOT" && node_modules/.bin/deno bundle --quiet --platform browser --output "$bundle" local/demo/app.mts)

@@ -194,6 +194,11 @@ gate "deno lint" deno lint
 # functions) is type-checked here, so a change that breaks a caller fails now.
 gate "deno check (functions, local stack, bench, cli, worker)" \
   deno check supabase/functions/ local/ bench/ cli/ worker/
+# The benchmark's peer queues have a graph of their own (bench/peers/deno.json).
+gate "deno fmt, lint and check (bench/peers)" bash -c '
+  deno fmt --check --config bench/peers/deno.json bench/peers/ &&
+  deno lint --config bench/peers/deno.json bench/peers/ &&
+  deno check --config bench/peers/deno.json bench/peers/main.ts'
 deno_suite "deno tests" -A --no-check=remote --ignore=tests/e2e tests/
 # The backend package as a backend runs it, against this stack (GATEWAY_ENV_FILE): Deno imports
 # its src/, Node the dist/ setup built (the tests import "@device-qr/backend"). Node 20 has no

@@ -62,6 +62,12 @@ async function run(command: string, args: string[], env: Record<string, string> 
   return text;
 }
 
+/** A fresh Supabase-shaped database without our migrations (local/db.sh create-db), for the peers. */
+export async function createPlainDatabase(name: string): Promise<string> {
+  await run(`${REPO}/local/db.sh`, ["create-db", name]);
+  return databaseUrl(name);
+}
+
 /** A fresh database with the Supabase bootstrap and every migration applied (local/db.sh). */
 export async function createBenchDatabase(name: string): Promise<string> {
   await run(`${REPO}/local/db.sh`, ["create-db", name]);
