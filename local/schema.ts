@@ -139,6 +139,7 @@ function difference(names: { schemas: string; migrations: string }): string | nu
 
 async function check() {
   const names = await buildBoth(`schema_check_${Deno.pid}`);
+  let same = false;
   try {
     const files = await schemaFiles();
     console.log(
@@ -152,10 +153,11 @@ async function check() {
     );
     const schedule = scheduleDifference(files);
     console.log(schedule ?? "pg_cron schedule: the same (or no pg_cron on this server)");
-    if (diff || schedule) Deno.exit(1);
+    same = !diff && !schedule;
   } finally {
     dropBoth(names);
   }
+  if (!same) Deno.exit(1);
 }
 
 async function migration(name: string) {
@@ -216,17 +218,18 @@ async function migration(name: string) {
   // What the plan could not express (a default grant it did not revoke, say)
   // shows up at once, not at the next make test.
   const after = await buildBoth(`schema_next_${Deno.pid}`);
+  let left: string | null = null;
   try {
-    const left = difference(after);
+    left = difference(after);
     console.log(
       left
         ? `with it, migrations/ still differ from schemas/; edit the migration by hand:\n${left}`
         : "with it, migrations/ build what schemas/ defines",
     );
-    if (left) Deno.exit(1);
   } finally {
     dropBoth(after);
   }
+  if (left) Deno.exit(1);
 }
 
 if (import.meta.main) {
