@@ -7,9 +7,7 @@ update public.assignment_settings
        pairing_request_ttl = '10 minutes';
 select plan(51);
 
-insert into auth.users (id, email) values
-  ('a0000000-0000-4000-8000-000000000001', 'owner-a@example.com'),
-  ('b0000000-0000-4000-8000-000000000002', 'owner-b@example.com');
+select tests.create_user('owner-a'), tests.create_user('owner-b');
 insert into public.backend_servers (id, server_name, last_health_ping) values
   ('5e000000-0000-4000-8000-00000000000a', 'server-a', now()),
   ('5e000000-0000-4000-8000-00000000000b', 'server-b', now());
@@ -19,18 +17,18 @@ insert into public.backend_servers (id, server_name, last_health_ping) values
 insert into public.devices (id, user_id, device_name, status, assigned_server_id, assignment_epoch,
                             assigned_at, connecting_since, qr_code, qr_updated_at, qr_expires_at)
 values
-  ('d0000000-0000-4000-8000-000000000001', 'a0000000-0000-4000-8000-000000000001', 'pairing',
+  ('d0000000-0000-4000-8000-000000000001', tests.id('owner-a'), 'pairing',
    'connecting', '5e000000-0000-4000-8000-00000000000a', 3, now(), now(),
    'qr-1', now(), now() + interval '20 seconds'),
-  ('d0000000-0000-4000-8000-000000000002', 'a0000000-0000-4000-8000-000000000001', 'idle',
+  ('d0000000-0000-4000-8000-000000000002', tests.id('owner-a'), 'idle',
    'disconnected', null, 0, null, null, null, null, null),
-  ('d0000000-0000-4000-8000-000000000003', 'a0000000-0000-4000-8000-000000000001', 'linked',
+  ('d0000000-0000-4000-8000-000000000003', tests.id('owner-a'), 'linked',
    'connected', '5e000000-0000-4000-8000-00000000000a', 5, now(), null, null, null, null),
-  ('d0000000-0000-4000-8000-000000000004', 'a0000000-0000-4000-8000-000000000001', 'cap 1',
+  ('d0000000-0000-4000-8000-000000000004', tests.id('owner-a'), 'cap 1',
    'connecting', '5e000000-0000-4000-8000-00000000000b', 1, now(), now(), null, null, null),
-  ('d0000000-0000-4000-8000-000000000005', 'a0000000-0000-4000-8000-000000000001', 'cap 2',
+  ('d0000000-0000-4000-8000-000000000005', tests.id('owner-a'), 'cap 2',
    'connecting', '5e000000-0000-4000-8000-00000000000b', 1, now(), now(), null, null, null),
-  ('d0000000-0000-4000-8000-000000000009', 'b0000000-0000-4000-8000-000000000002', 'B phone',
+  ('d0000000-0000-4000-8000-000000000009', tests.id('owner-b'), 'B phone',
    'connecting', '5e000000-0000-4000-8000-00000000000a', 1, now(), now(), null, null, null);
 
 -- Grants ----------------------------------------------------------------------------------
@@ -56,15 +54,12 @@ select ok((select bool_and(relrowsecurity) from pg_class
   'both request tables have row level security on');
 
 -- Asking ----------------------------------------------------------------------------------
-set local role anon;
+select tests.as_anon();
 select throws_ok($$select public.request_pairing_code('d0000000-0000-4000-8000-000000000001', '+14155550123')$$,
   '42501', null, 'anon cannot ask for a code');
-reset role;
-select set_config('request.jwt.claims', '', true); -- the server side: no user claims left over
+select tests.as_system(); -- the server side: no user claims left over
 
-set local role authenticated;
-select set_config('request.jwt.claims',
-  '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
+select tests.as_user('owner-a');
 
 select throws_ok($$select public.request_pairing_code('d0000000-0000-4000-8000-000000000009', '+14155550123')$$,
   'PT404', 'not_found', 'another user''s device is answered like a missing one');
@@ -90,8 +85,7 @@ select is(public.get_device_qr('d0000000-0000-4000-8000-000000000001') -> 'pairi
 
 select is(public.request_pairing_code('d0000000-0000-4000-8000-000000000002', '447700900123') ->> 'epoch', '1',
   'an idle device starts pairing: it is moved (epoch bumped) to a live server');
-reset role;
-select set_config('request.jwt.claims', '', true); -- the server side: no user claims left over
+select tests.as_system(); -- the server side: no user claims left over
 select is((select status from public.devices where id = 'd0000000-0000-4000-8000-000000000002'), 'connecting',
   'the idle device is now connecting');
 select is((select count(*)::int from public.device_assignment_events
@@ -107,14 +101,12 @@ select is(
 
 -- The hourly cap (lowered to 3: two requests are made already).
 update public.assignment_settings set pairing_requests_per_hour = 3;
-set local role authenticated;
-select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
+select tests.as_user('owner-a');
 select lives_ok($$select public.request_pairing_code('d0000000-0000-4000-8000-000000000004', '+14155550124')$$,
   'a third request within the hour is accepted');
 select throws_ok($$select public.request_pairing_code('d0000000-0000-4000-8000-000000000005', '+14155550125')$$,
   'PT429', 'rate_limited', 'a fourth, on yet another device, is over the hourly cap');
-reset role;
-select set_config('request.jwt.claims', '', true); -- the server side: no user claims left over
+select tests.as_system(); -- the server side: no user claims left over
 update public.assignment_settings set pairing_requests_per_hour = 10;
 
 -- The server's side: claim, publish, fencing ---------------------------------------------------
@@ -130,21 +122,16 @@ select is(device_assignment.pairing_phone_wanted('5e000000-0000-4000-8000-000000
   'd0000000-0000-4000-8000-000000000001'), null, 'another server never gets the number');
 
 -- A backend account is `authenticated` too: only the device's own server's account reads the number.
-set local role authenticated;
-select set_config('request.jwt.claims',
-  '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
+select tests.as_user('owner-a');
 select is(device_assignment.pairing_phone_wanted('5e000000-0000-4000-8000-00000000000a',
   'd0000000-0000-4000-8000-000000000001'), null, 'a signed-in user never reads a number, even their own');
-select set_config('request.jwt.claims', '{"sub":"c0000000-0000-4000-8000-00000000000b",'
-  || '"role":"authenticated","app_metadata":{"device_backend":"server-b"}}', true);
+select tests.as_backend('server-b');
 select is(device_assignment.pairing_phone_wanted('5e000000-0000-4000-8000-00000000000a',
   'd0000000-0000-4000-8000-000000000001'), null, 'another server''s account never reads it');
-select set_config('request.jwt.claims', '{"sub":"c0000000-0000-4000-8000-00000000000a",'
-  || '"role":"authenticated","app_metadata":{"device_backend":"server-a"}}', true);
+select tests.as_backend('server-a');
 select is(device_assignment.pairing_phone_wanted('5e000000-0000-4000-8000-00000000000a',
   'd0000000-0000-4000-8000-000000000001'), '14155550123', 'the holding server''s account reads it');
-reset role;
-select set_config('request.jwt.claims', '', true); -- the server side: no user claims left over
+select tests.as_system(); -- the server side: no user claims left over
 
 select throws_ok($$select public.publish_device_pairing_code('d0000000-0000-4000-8000-000000000001',
   '5e000000-0000-4000-8000-00000000000a', 2, 'ABCD1234', now() + interval '3 minutes')$$,
@@ -166,32 +153,26 @@ select is(
     where device_id = 'd0000000-0000-4000-8000-000000000001'),
   null, 'while the code is fresh the server is not asked for another');
 
-set local role authenticated;
-select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
+select tests.as_user('owner-a');
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000001') -> 'pairing_code',
   jsonb_build_object('code', 'ABCD1234', 'expires_at', now() + interval '3 minutes'),
   'get_device_qr serves the fresh code and its expiry next to the QR');
-reset role;
-select set_config('request.jwt.claims', '', true); -- the server side: no user claims left over
+select tests.as_system(); -- the server side: no user claims left over
 select is(public.publish_device_qr('d0000000-0000-4000-8000-000000000001',
   '5e000000-0000-4000-8000-00000000000a', 3, 'qr-2', now() + interval '20 seconds') ->> 'accepted',
   'true', 'the QR rotates');
-set local role authenticated;
-select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
+select tests.as_user('owner-a');
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000001') #>> '{pairing_code,code}',
   'ABCD1234', 'the code stays the same across QR rotations');
-reset role;
-select set_config('request.jwt.claims', '', true); -- the server side: no user claims left over
+select tests.as_system(); -- the server side: no user claims left over
 
 -- Expiry --------------------------------------------------------------------------------------
 update device_assignment.pairing_requests set code_expires_at = now() - interval '1 second'
  where device_id = 'd0000000-0000-4000-8000-000000000001';
-set local role authenticated;
-select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
+select tests.as_user('owner-a');
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000001') -> 'pairing_code', 'null'::jsonb,
   'an expired code is never served');
-reset role;
-select set_config('request.jwt.claims', '', true); -- the server side: no user claims left over
+select tests.as_system(); -- the server side: no user claims left over
 select is(
   (select pairing_phone from public.claim_devices('5e000000-0000-4000-8000-00000000000a')
     where device_id = 'd0000000-0000-4000-8000-000000000001'),
@@ -202,14 +183,12 @@ select public.publish_device_pairing_code('d0000000-0000-4000-8000-000000000001'
   '5e000000-0000-4000-8000-00000000000a', 3, 'EFGH5678', now() + interval '3 minutes');
 update device_assignment.pairing_request_log set requested_at = now() - interval '61 seconds'
  where device_id = 'd0000000-0000-4000-8000-000000000001';
-set local role authenticated;
-select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
+select tests.as_user('owner-a');
 select lives_ok($$select public.request_pairing_code('d0000000-0000-4000-8000-000000000001', '+14155550199')$$,
   'after the cooldown the owner may ask again, with another number');
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000001') -> 'pairing_code', 'null'::jsonb,
   'asking again retires the code that was served');
-reset role;
-select set_config('request.jwt.claims', '', true); -- the server side: no user claims left over
+select tests.as_system(); -- the server side: no user claims left over
 select is(
   (select pairing_phone from public.claim_devices('5e000000-0000-4000-8000-00000000000a')
     where device_id = 'd0000000-0000-4000-8000-000000000001'),
@@ -224,24 +203,20 @@ select is(
   (select assignment_epoch || ' ' || pairing_phone from public.claim_devices('5e000000-0000-4000-8000-00000000000b')
     where device_id = 'd0000000-0000-4000-8000-000000000001'),
   '4 14155550199', 'server-a died: server-b claims the device and is asked for a fresh code');
-set local role authenticated;
-select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
+select tests.as_user('owner-a');
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000001') -> 'pairing_code', 'null'::jsonb,
   'the old server''s code is not served after the move');
-reset role;
-select set_config('request.jwt.claims', '', true); -- the server side: no user claims left over
+select tests.as_system(); -- the server side: no user claims left over
 select throws_ok($$select public.publish_device_pairing_code('d0000000-0000-4000-8000-000000000001',
   '5e000000-0000-4000-8000-00000000000a', 3, 'LATE0000', now() + interval '3 minutes')$$,
   'PT409', 'fenced', 'the old server''s late code is fenced');
 select is(public.publish_device_pairing_code('d0000000-0000-4000-8000-000000000001',
   '5e000000-0000-4000-8000-00000000000b', 4, 'MNOP3456', now() + interval '3 minutes') ->> 'accepted',
   'true', 'the new server publishes its code');
-set local role authenticated;
-select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
+select tests.as_user('owner-a');
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000001') #>> '{pairing_code,code}',
   'MNOP3456', 'and the user sees the new server''s code');
-reset role;
-select set_config('request.jwt.claims', '', true); -- the server side: no user claims left over
+select tests.as_system(); -- the server side: no user claims left over
 
 -- Cleared on link, and on expiry ----------------------------------------------------------------
 select public.report_device_status('d0000000-0000-4000-8000-000000000001',

@@ -4,7 +4,7 @@ begin;
 \ir reset_fleet.psql
 select plan(45);
 
-insert into auth.users (id, email) values ('a0000000-0000-4000-8000-000000000001', 'owner-a@example.com');
+select tests.create_user('owner-a');
 insert into public.backend_servers (id, server_name, last_health_ping) values
   ('5e000000-0000-4000-8000-00000000000a', 'server-a', now()),
   ('5e000000-0000-4000-8000-00000000000b', 'server-b', now() - interval '1 hour');
@@ -14,11 +14,11 @@ insert into public.backend_servers (id, server_name, last_health_ping) values
 insert into public.devices (id, user_id, device_name, status, assigned_server_id, assignment_epoch,
                             reassign_count, last_reassigned_at)
 values
-  ('d0000000-0000-4000-8000-000000000001', 'a0000000-0000-4000-8000-000000000001', 'linked',
+  ('d0000000-0000-4000-8000-000000000001', tests.id('owner-a'), 'linked',
    'connected', '5e000000-0000-4000-8000-00000000000a', 7, 3, now() - interval '1 hour'),
-  ('d0000000-0000-4000-8000-000000000002', 'a0000000-0000-4000-8000-000000000001', 'no session',
+  ('d0000000-0000-4000-8000-000000000002', tests.id('owner-a'), 'no session',
    'connected', '5e000000-0000-4000-8000-00000000000a', 4, 0, null),
-  ('d0000000-0000-4000-8000-000000000003', 'a0000000-0000-4000-8000-000000000001', 'pairing',
+  ('d0000000-0000-4000-8000-000000000003', tests.id('owner-a'), 'pairing',
    'connecting', '5e000000-0000-4000-8000-00000000000a', 2, 0, null);
 
 -- Who may touch the store --------------------------------------------------------------
@@ -34,20 +34,17 @@ select is(
   0, 'nobody reads or writes the session table directly');
 select ok((select relrowsecurity from pg_class where oid = 'device_assignment.device_sessions'::regclass),
   'the session table has row level security on');
-set local role anon;
+select tests.as_anon();
 select throws_ok($$select public.device_session_read('d0000000-0000-4000-8000-000000000001',
   '5e000000-0000-4000-8000-00000000000a', 7, 'creds', null)$$, '42501', null, 'anon cannot read a session');
-reset role;
-set local role authenticated;
-select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
+select tests.as_user('owner-a');
 select throws_ok($$select public.device_session_write('d0000000-0000-4000-8000-000000000001',
   '5e000000-0000-4000-8000-00000000000a', 7, '[]')$$, 'PT403', 'forbidden',
   'the device''s own user cannot write its session');
 select throws_ok($$select * from device_assignment.device_sessions$$, '42501', null,
   'the device''s own user cannot select the session table');
 -- A user's claims end with their role: the server API below runs as a database session.
-reset role;
-select set_config('request.jwt.claims', '', true);
+select tests.as_system();
 
 -- Fenced writes and reads -------------------------------------------------------------------
 select is(public.device_session_write('d0000000-0000-4000-8000-000000000001',
@@ -100,12 +97,10 @@ select is((select value from device_assignment.device_sessions
 update public.backend_servers set last_health_ping = now() - interval '1 hour'
  where server_name = 'server-a';
 update public.backend_servers set last_health_ping = now() where server_name = 'server-b';
-set local role authenticated;
-select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
+select tests.as_user('owner-a');
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000001') ->> 'status', 'reconnecting',
   'get-device-qr never answers connected for a session nobody holds: it hands it over, reconnecting');
-reset role;
-select set_config('request.jwt.claims', '', true);
+select tests.as_system();
 select ok((select status = 'reconnecting' and assigned_server_id = '5e000000-0000-4000-8000-00000000000b'
                   and assignment_epoch = 8
              from public.devices where id = 'd0000000-0000-4000-8000-000000000001'),
@@ -134,12 +129,10 @@ select is(public.device_session_read('d0000000-0000-4000-8000-000000000001',
 select is(public.report_device_status('d0000000-0000-4000-8000-000000000001',
   '5e000000-0000-4000-8000-00000000000b', 8, 'connected') ->> 'status', 'connected',
   'the resuming server reports connected');
-set local role authenticated;
-select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
+select tests.as_user('owner-a');
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000001') ->> 'status', 'connected',
   'the owner sees the device connected again, no QR');
-reset role;
-select set_config('request.jwt.claims', '', true);
+select tests.as_system();
 
 -- A backend that cannot resume pairs afresh: its QR ends the resume and the session.
 update public.devices set status = 'reconnecting' where id = 'd0000000-0000-4000-8000-000000000001';
@@ -188,15 +181,13 @@ select is((public.run_assignment_maintenance() ->> 'left_unassigned')::int, 1,
 select ok((select status = 'reconnecting' and assigned_server_id is null
              from public.devices where id = 'd0000000-0000-4000-8000-000000000003'),
   'and waits, reconnecting, for the next server');
-set local role authenticated;
-select set_config('request.jwt.claims', '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
+select tests.as_user('owner-a');
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000003') - 'device_id' - 'epoch'
             - 'last_error_code' - 'server' - 'qr',
   '{"status": "reconnecting", "device_status": "reconnecting", "reason": "no_active_servers",
     "reassigned": false, "retry_after_ms": 5000, "pairing_code": null}'::jsonb,
   'get-device-qr says why, and when to ask again');
-reset role;
-select set_config('request.jwt.claims', '', true);
+select tests.as_system();
 
 -- The audit trail and deletion -------------------------------------------------------------------
 select is((select count(*)::int from public.device_assignment_events e where to_jsonb(e)::text like '%SECRET%'),

@@ -26,16 +26,12 @@ select is(
       and table_name in ('devices', 'backend_servers', 'device_assignment_events', 'assignment_settings')),
   array['SELECT'], 'authenticated may only select, and only from devices');
 
-insert into auth.users (id, email) values
-  ('a0000000-0000-4000-8000-000000000001', 'owner-a@example.com'),
-  ('b0000000-0000-4000-8000-000000000002', 'owner-b@example.com');
+select tests.create_user('owner-a'), tests.create_user('owner-b');
 insert into public.devices (id, user_id, device_name) values
-  ('d0000000-0000-4000-8000-00000000000a', 'a0000000-0000-4000-8000-000000000001', 'A phone'),
-  ('d0000000-0000-4000-8000-00000000000b', 'b0000000-0000-4000-8000-000000000002', 'B phone');
+  ('d0000000-0000-4000-8000-00000000000a', tests.id('owner-a'), 'A phone'),
+  ('d0000000-0000-4000-8000-00000000000b', tests.id('owner-b'), 'B phone');
 
-set local role authenticated;
-select set_config('request.jwt.claims',
-  '{"sub":"a0000000-0000-4000-8000-000000000001","role":"authenticated"}', true);
+select tests.as_user('owner-a');
 select results_eq('select device_name from public.devices',
   array['A phone'], 'user A sees only their own device');
 select is_empty($$select 1 from public.devices where id = 'd0000000-0000-4000-8000-00000000000b'$$,
@@ -47,20 +43,16 @@ select throws_ok($$select * from public.backend_servers$$, '42501', null,
 select throws_ok($$select * from public.device_assignment_events$$, '42501', null,
   'a user cannot read the audit trail');
 
-select set_config('request.jwt.claims',
-  '{"sub":"b0000000-0000-4000-8000-000000000002","role":"authenticated"}', true);
+select tests.as_user('owner-b');
 select results_eq('select device_name from public.devices',
   array['B phone'], 'user B sees only their own device');
 
-reset role;
-set local role anon;
-select set_config('request.jwt.claims', '{"role":"anon"}', true);
+select tests.as_anon();
 select throws_ok($$select * from public.devices$$, '42501', null, 'anon cannot read devices');
 
-reset role;
-set local role service_role;
+select tests.as_operator();
 select ok((select count(*) from public.devices) >= 2, 'service_role reads every device');
-reset role;
+select tests.as_system();
 
 select policies_are('public', 'devices',
   array['owners read their devices', 'devices reach only their owner'],
