@@ -386,6 +386,8 @@ async function capturePlans(url: string, sql: Sql, k: number): Promise<Plan[]> {
       await tx.unsafe(`set local client_min_messages = log`);
       await tx`select public.run_assignment_maintenance()`;
     });
+    // The maintenance plans above can outlast a heartbeat timeout at 1M devices.
+    await freshen(sql);
     scenario = "claim_devices, 100 of the pool";
     await rolledBack(conn, async (tx) => {
       await tx.unsafe(`set local client_min_messages = warning;

@@ -79,12 +79,17 @@ export async function apply(database: string) {
 
 /** Two throwaway databases: <prefix>_schemas from schemas/, <prefix>_migrations from migrations/. */
 async function buildBoth(prefix: string) {
-  const schemas = `${prefix}_schemas`, migrations = `${prefix}_migrations`;
-  db("create-db", schemas);
-  await apply(schemas);
-  db("create-db", migrations);
-  db("push", migrations);
-  return { schemas, migrations };
+  const names = { schemas: `${prefix}_schemas`, migrations: `${prefix}_migrations` };
+  try {
+    db("create-db", names.schemas);
+    await apply(names.schemas);
+    db("create-db", names.migrations);
+    db("push", names.migrations);
+  } catch (error) {
+    dropBoth(names);
+    throw error;
+  }
+  return names;
 }
 function dropBoth(names: { schemas: string; migrations: string }) {
   for (const name of [names.schemas, names.migrations]) {
