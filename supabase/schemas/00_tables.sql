@@ -184,7 +184,7 @@ create table "public"."device_assignment_events" (
   constraint "device_assignment_events_reason_check"
     check
     ((reason = ANY (ARRAY['server_inactive'::text, 'stale_qr'::text, 'user_request'::text, 'operator'::text, 'maintenance'::text, 'server_shutdown'::text, 'claimed'::text,
-    'session_failover'::text])))
+    'session_failover'::text, 'server_failure'::text, 'fleet_incident_ended'::text])))
 );
 
 alter table "public"."device_assignment_events"
@@ -216,6 +216,8 @@ create table "public"."assignment_settings" (
   "pairing_cooldown"          interval                 not null default '00:01:00'::interval,
   "pairing_requests_per_hour" integer                  not null default 10,
   "pairing_request_ttl"       interval                 not null default '00:10:00'::interval,
+  "incident_window"           interval                 not null default '00:02:00'::interval,
+  constraint "assignment_settings_incident_window_check" check ((incident_window > '00:00:00'::interval)),
   constraint "assignment_settings_event_retention_check" check ((event_retention >= '7 days'::interval)),
   constraint "assignment_settings_long_polls_per_user_check" check ((long_polls_per_user > 0)),
   constraint "assignment_settings_max_reassignments_check" check ((max_reassignments > 0)),
@@ -229,6 +231,8 @@ create table "public"."assignment_settings" (
 
 alter table "public"."assignment_settings"
   enable row level security;
+
+comment on column "public"."assignment_settings"."incident_window" is 'A failure code reported by at least half of the live servers (and two) within this window is a fleet incident; one with no new report for this long ends.';
 
 comment on column "public"."assignment_settings"."event_retention" is 'Age at which audit rows are purged; at least 7 days, so the secret key cannot aim the purge at recent history.';
 

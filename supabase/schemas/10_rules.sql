@@ -135,6 +135,9 @@ begin
     when p_last_error in ('qr_timeout', 'logged_out', 'max_reassignments_exceeded', 'disconnected',
                           'server_error') then p_last_error
     when p_last_error like 'max_reassignments_exceeded%' then 'max_reassignments_exceeded'
+    -- "<code>: <text>" with a documented failure class (25_failures.sql).
+    when exists (select from device_assignment.failure_classes() f
+                  where f.code = split_part(p_last_error, ':', 1)) then split_part(p_last_error, ':', 1)
     when p_status = 'qr_timeout' then 'qr_timeout'
     when p_status = 'disconnected' then 'disconnected'
     else 'server_error'
@@ -548,7 +551,8 @@ begin
            last_reassigned_at = case when v_spends and p.to_server_id is not null then now()
                                      else d.last_reassigned_at end,
            reassign_count = case
-                              when p.new_status = 'connecting' and p.old_status <> 'connecting' then 0
+                              when p.new_status = 'connecting' and p.old_status <> 'connecting'
+                                   and p_reason <> 'server_failure' then 0
                               when v_spends and p.to_server_id is not null then d.reassign_count + 1
                               else d.reassign_count
                             end,

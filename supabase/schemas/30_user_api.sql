@@ -27,7 +27,16 @@ as $$
 declare
   v_status text;
   v_server jsonb;
+  v_incident device_assignment.fleet_incidents;
+  v_reason text := p_reason;
 begin
+  -- A device a fleet incident holds waits for it to end, as if pairing.
+  if p_device.status = 'error' then
+    v_incident := device_assignment.open_incident(p_device.last_error);
+    if v_incident.id is not null then
+      v_reason := 'fleet_incident';
+    end if;
+  end if;
   v_status := case
     when p_device.status = 'connected'
          and exists (select from device_assignment.live_servers l
@@ -37,6 +46,7 @@ begin
       then 'ready'
     when p_device.status = 'connecting' then 'pending'
     when p_device.status = 'qr_timeout' then 'qr_timeout'
+    when p_device.status = 'error' and v_incident.id is not null then 'pending'
     when p_device.status = 'error' then 'error'
     else 'not_connecting'
   end;
@@ -55,21 +65,23 @@ begin
             'expires_at', p_device.qr_expires_at) end,
     'server', v_server,
     'reason', case
-                when v_status in ('pending', 'reconnecting') then coalesce(p_reason, 'waiting_for_server')
+                when v_status in ('pending', 'reconnecting') then coalesce(v_reason, 'waiting_for_server')
                 when v_status = 'not_connecting' then 'call_reassign_device'
               end,
     'reassigned', p_reassigned,
     'retry_after_ms', case
                         when v_status = 'ready' then 2000
-                        when v_status in ('pending', 'reconnecting') and p_reason = 'no_active_servers'
-                          then 5000
+                        when v_status in ('pending', 'reconnecting')
+                             and v_reason in ('no_active_servers', 'fleet_incident') then 5000
                         when v_status = 'pending' and p_reason = 'reassignment_cooldown' then
                           greatest(device_assignment.interval_ms(
                             device_assignment.cooldown_remaining(p_device.last_reassigned_at)), 1000)
                         when v_status in ('pending', 'reconnecting') then 1000
                       end,
     'epoch', p_device.assignment_epoch,
-    'last_error_code', device_assignment.error_code(p_device.status, p_device.last_error)
+    'last_error_code', device_assignment.error_code(p_device.status, p_device.last_error),
+    'incident', case when v_incident.id is not null then jsonb_build_object(
+                  'code', v_incident.code, 'since', v_incident.started_at) end
   );
 end;
 $$;
@@ -157,6 +169,12 @@ begin
   for update;
   if not found then
     perform device_assignment.raise_api_error('not_found', 404);
+  end if;
+
+  -- A device a fleet incident holds would fail the same way anywhere: the
+  -- answer says so, and nothing is moved or charged.
+  if v_device.status = 'error' and (device_assignment.open_incident(v_device.last_error)).id is not null then
+    return device_assignment.qr_state(v_device, 'fleet_incident', false);
   end if;
 
   -- Counted from the audit trail, which asking again cannot reset (unlike

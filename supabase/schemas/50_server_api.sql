@@ -420,6 +420,12 @@ begin
          updated_at = now()
    where d.id = p_device_id;
 
+  -- A QR proves WhatsApp takes this fleet again: any incident ends.
+  if exists (select from device_assignment.fleet_incidents i where i.ended_at is null) then
+    perform device_assignment.end_incidents(
+      'recovered:' || (select s.server_name from public.backend_servers s where s.id = p_server_id));
+  end if;
+
   return jsonb_build_object(
     'device_id', p_device_id,
     'accepted', true,
@@ -546,6 +552,15 @@ begin
          reassign_count = case when v_status = 'connected' then 0 else d.reassign_count end,
          updated_at = now()
    where d.id = p_device_id;
+
+  -- A failure counts toward a fleet incident (25_failures.sql); a connection
+  -- again proves WhatsApp takes this fleet, which ends any incident.
+  if v_status = 'error' then
+    perform device_assignment.note_failure(p_server_id, device_assignment.error_code(v_status, v_error));
+  elsif v_status = 'connected' then
+    perform device_assignment.end_incidents(
+      'recovered:' || (select s.server_name from public.backend_servers s where s.id = p_server_id));
+  end if;
 
   return jsonb_build_object('device_id', p_device_id, 'accepted', true, 'status', v_status);
 end;

@@ -225,6 +225,8 @@ declare
   v_expired integer;
   v_candidates uuid[];
   v_stale_resumes integer;
+  v_incidents_ended integer;
+  v_failures_retried integer;
   v_result jsonb;
 begin
   if not pg_try_advisory_xact_lock(hashtext('device_assignment.run_assignment_maintenance')) then
@@ -258,6 +260,12 @@ begin
 
   select count(*) filter (where m.to_server_id is not null) into v_stale_resumes
   from device_assignment.move_stale_resumes('maintenance') m;
+
+  -- Incidents that went quiet end (their devices go back to pairing), then a
+  -- device a server failed is tried on another one.
+  v_incidents_ended := device_assignment.end_quiet_incidents();
+  select count(*) into v_failures_retried
+  from device_assignment.move_failed_devices('maintenance') m;
   v_result := jsonb_set(v_result, '{sessions_failed_over}',
     to_jsonb((v_result ->> 'sessions_failed_over')::int + v_stale_resumes));
 
@@ -272,6 +280,8 @@ begin
     'skipped', false,
     'servers_marked_inactive', v_marked,
     'qr_expired', v_expired,
+    'failures_retried', v_failures_retried,
+    'incidents_ended', v_incidents_ended,
     'duration_ms', round(extract(epoch from clock_timestamp() - v_started) * 1000, 3)
   );
 end;
@@ -478,6 +488,18 @@ begin
       left join public.backend_servers s on s.id = t.assigned_server_id
     ),
     'orphaned', (select count(*) from device_assignment.orphaned_device_ids()),
+    -- Open fleet incidents: the code, the servers that reported it, the devices held.
+    'incidents', (
+      select coalesce(jsonb_agg(jsonb_build_object(
+               'code', i.code, 'since', i.started_at,
+               'servers', (select coalesce(jsonb_agg(s.server_name order by s.server_name), '[]'::jsonb)
+                             from public.backend_servers s where s.id = any(i.servers)),
+               'devices_held', (select count(*) from public.devices d
+                                 where d.status = 'error' and d.last_error = i.code))
+               order by i.started_at), '[]'::jsonb)
+      from device_assignment.fleet_incidents i
+      where i.ended_at is null
+    ),
     'stale', (select count(*) from device_assignment.stale_devices),
     'live_servers', (select count(*) from device_assignment.live_servers),
     -- The latest 50 errors: the code users see, and the server's own text,

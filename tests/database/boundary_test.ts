@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import postgres from "postgres";
-import { DEVICE_STATUSES } from "@device-qr/backend";
+import { DEVICE_STATUSES, FAILURE_CLASSES } from "@device-qr/backend";
 
 const DB_URL = Deno.env.get("SUPABASE_DB_URL") ??
   "postgresql://postgres:postgres@127.0.0.1:54322/postgres";
@@ -214,6 +214,16 @@ Deno.test("the package's DEVICE_STATUSES are the statuses the database lets a se
   try {
     const [row] = await sql`select device_assignment.statuses('reportable') as statuses`;
     assert.deepEqual([...DEVICE_STATUSES].sort(), [...row.statuses].sort());
+  } finally {
+    await sql.end();
+  }
+});
+
+Deno.test("the package's FAILURE_CLASSES are the database's failure classes", async () => {
+  const sql = postgres(DB_URL, { max: 1, onnotice: () => {} });
+  try {
+    const rows = await sql`select code from device_assignment.failure_classes() order by code`;
+    assert.deepEqual([...FAILURE_CLASSES].sort(), rows.map((r) => r.code));
   } finally {
     await sql.end();
   }

@@ -67,6 +67,20 @@ export const DEVICE_STATUSES = [
 export type DeviceStatus = typeof DEVICE_STATUSES[number];
 
 /**
+ * Why a server failed a device: report `error` with `"<code>: <text>"`. The
+ * database's list (`device_assignment.failure_classes()`), which a test pins
+ * this one to; docs/contract.md says what each does.
+ */
+export const FAILURE_CLASSES = [
+  "connection_failure",
+  "qr_timeout",
+  "rate_limited",
+  "server_error",
+  "version_outdated",
+] as const;
+export type FailureClass = typeof FAILURE_CLASSES[number];
+
+/**
  * One entry of a device's stored session: `(type, id) → value`. The value is
  * opaque to the database (the backend encrypts it); null deletes the entry.
  */

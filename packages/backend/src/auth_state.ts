@@ -21,6 +21,7 @@ import {
 } from "baileys";
 import type { BackendApi, FencedWrite, SessionEntry } from "./api.ts";
 import { SessionCipher } from "./crypto.ts";
+export { baileysFailureReport, failureClassOf } from "./baileys_failures.ts";
 
 /** The entry Baileys' creds live in (type and id both `creds`, as the SQL API names it). */
 export const CREDS_ENTRY = { type: "creds", id: "creds" } as const;

@@ -71,7 +71,8 @@ update public.devices set qr_code = 'old', qr_updated_at = now() - interval '2 m
  where id = 'd0000000-0000-4000-8000-000000000024';
 select is(public.run_assignment_maintenance() - 'duration_ms',
   '{"skipped": false, "servers_marked_inactive": 1, "orphaned_reassigned": 0, "stale_reassigned": 2,
-    "left_unassigned": 0, "qr_expired": 1, "moved_to_error": 0, "sessions_failed_over": 0}'::jsonb,
+    "left_unassigned": 0, "qr_expired": 1, "moved_to_error": 0, "sessions_failed_over": 0,
+    "failures_retried": 0, "incidents_ended": 0}'::jsonb,
   'a maintenance pass marks the silent server inactive, moves the stale devices and expires the old QR');
 select is((select is_active from public.backend_servers where server_name = 'dead-1'), false,
   'the silent server is marked inactive');
@@ -81,7 +82,8 @@ select is(
   2, 'the stale devices left live-1 for live-2');
 select is(public.run_assignment_maintenance() - 'duration_ms',
   '{"skipped": false, "servers_marked_inactive": 0, "orphaned_reassigned": 0, "stale_reassigned": 0,
-    "left_unassigned": 0, "qr_expired": 0, "moved_to_error": 0, "sessions_failed_over": 0}'::jsonb,
+    "left_unassigned": 0, "qr_expired": 0, "moved_to_error": 0, "sessions_failed_over": 0,
+    "failures_retried": 0, "incidents_ended": 0}'::jsonb,
   'a second pass finds nothing to do');
 
 -- A device that keeps landing on broken servers ends in error, not in a loop.
@@ -127,7 +129,7 @@ select set_eq('select id from device_assignment.orphaned_devices',
 -- assignment_health answers the whole checklist.
 select is(
   (select array_agg(k order by k) from jsonb_object_keys(public.assignment_health()) k),
-  array['cron_jobs', 'device_errors', 'devices_by_server', 'devices_by_status', 'live_servers', 'now', 'orphaned',
+  array['cron_jobs', 'device_errors', 'devices_by_server', 'devices_by_status', 'incidents', 'live_servers', 'now', 'orphaned',
         'servers', 'settings', 'stale'],
   'assignment_health has every section');
 select is((public.assignment_health() ->> 'orphaned')::int, 23, 'it counts the orphans');

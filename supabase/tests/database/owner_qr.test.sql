@@ -52,7 +52,7 @@ select is(public.get_device_qr('d0000000-0000-4000-8000-000000000006') ->> 'stat
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000004') - 'retry_after_ms' - 'server'
             - 'device_id' - 'qr' - 'last_error_code' - 'device_status',
   '{"status":"pending","reason":"reassigned_from_inactive_server","reassigned":true,"epoch":8,
-    "pairing_code":null}'::jsonb,
+    "pairing_code":null,"incident":null}'::jsonb,
   'a device on a dead server is reassigned inside get_device_qr, epoch bumped');
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000004') #>> '{server,name}', 'live-1',
   'it lands on the live server with the lowest relative load');

@@ -185,7 +185,7 @@ select tests.as_user('owner-a');
 select is(public.get_device_qr('d0000000-0000-4000-8000-000000000003') - 'device_id' - 'epoch'
             - 'last_error_code' - 'server' - 'qr',
   '{"status": "reconnecting", "device_status": "reconnecting", "reason": "no_active_servers",
-    "reassigned": false, "retry_after_ms": 5000, "pairing_code": null}'::jsonb,
+    "reassigned": false, "retry_after_ms": 5000, "pairing_code": null, "incident": null}'::jsonb,
   'get-device-qr says why, and when to ask again');
 select tests.as_system();
 
