@@ -36,8 +36,8 @@ commands:
   reset-device <device-id>   restart pairing of one device on a live server
   reset-inactive             reassign every connecting device whose server is gone
   reset-all                  reassign every connecting device
-  status                     servers, devices by status and server, orphaned and stale
-                             counts, cron jobs (assignment_health())
+  status                     fleet incidents, servers, devices by status and server,
+                             orphaned and stale counts, cron jobs (assignment_health())
   server add <name>          create the backend server's Auth account and enable it; prints
                              its credentials and the env lines it needs, once
   server disable <name>      refuse the server from its next call on; its devices are healed
@@ -362,6 +362,7 @@ interface Health {
   }[];
   orphaned?: number;
   stale?: number;
+  incidents?: { code: string; since: string; servers: string[]; devices_held: number }[];
   cron_jobs?: {
     jobname: string;
     schedule: string;
@@ -379,6 +380,19 @@ export function formatHealth(health: Health): string {
   const out: string[] = [];
   out.push(`assignment health at ${health.now ?? "?"}`);
   out.push(`orphaned devices: ${health.orphaned ?? "?"}    stale devices: ${health.stale ?? "?"}`);
+
+  // A fleet incident first: it is why many devices wait (docs/contract.md).
+  const incidents = health.incidents ?? [];
+  if (incidents.length > 0) {
+    out.push(
+      "",
+      "FLEET INCIDENTS (devices held wait at no cost; the next QR or connection ends one)",
+    );
+    out.push(table(
+      ["code", "since", "servers", "devices held"],
+      incidents.map((i) => [i.code, i.since, i.servers.join(", "), String(i.devices_held)]),
+    ));
+  }
 
   out.push("", "SERVERS");
   const servers = health.servers ?? [];

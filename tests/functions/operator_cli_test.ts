@@ -383,3 +383,20 @@ Deno.test("a dry run with no live server prints its plan and why nothing would m
   assert.match(printed, /no server is live/);
   assert.match(printed, new RegExp(DEVICE_ID));
 });
+
+Deno.test("status puts an open fleet incident first, with its servers and the devices it holds", () => {
+  const text = formatHealth({
+    now: "2026-12-05T06:00:00Z",
+    incidents: [{
+      code: "version_outdated",
+      since: "2026-12-05T05:58:00Z",
+      servers: ["railway-1", "railway-2"],
+      devices_held: 41,
+    }],
+    servers: [],
+  });
+  const incident = text.indexOf("FLEET INCIDENTS");
+  assert.ok(incident > 0 && incident < text.indexOf("SERVERS\n"), text);
+  assert.match(text, /version_outdated .*railway-1, railway-2 .*41/);
+  assert.doesNotMatch(formatHealth({ servers: [] }), /FLEET INCIDENTS/);
+});
