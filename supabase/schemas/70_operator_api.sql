@@ -159,13 +159,14 @@ begin
     insert into device_assignment.device_counts (server_id, status, n)
     select r.assigned_server_id, r.status, -count(*) from old_rows r group by 1, 2;
   else
+    -- The old rows out, the new rows in, netted per pair; no join, so the cost
+    -- stays linear in the rows however the cached plan guessed their number
+    -- (a nested loop over 10,000 old and new rows took seconds).
     insert into device_assignment.device_counts (server_id, status, n)
     select c.server_id, c.status, sum(c.n)
-    from old_rows o
-    join new_rows r on r.id = o.id
-    cross join lateral (values (o.assigned_server_id, o.status, -1), (r.assigned_server_id, r.status, 1))
-      c(server_id, status, n)
-    where o.status is distinct from r.status or o.assigned_server_id is distinct from r.assigned_server_id
+    from (select o.assigned_server_id as server_id, o.status, -1 as n from old_rows o
+          union all
+          select r.assigned_server_id, r.status, 1 from new_rows r) c
     group by 1, 2
     having sum(c.n) <> 0;
   end if;

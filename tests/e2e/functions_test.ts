@@ -723,6 +723,72 @@ test("no live server: reassign-device is 503 no_active_servers, get-device-qr is
   }
 });
 
+test("a fleet-wide failure is an incident: owners wait at no cost, and the next QR ends it", async () => {
+  const db = await sql();
+  const service = await serviceClient();
+  const servers = [await liveServer(), await liveServer(), await liveServer()];
+  // These three are the fleet for the length of this test, then the others come back.
+  const paused = await db`
+      update public.backend_servers set is_active = false
+       where is_active and id not in ${db(servers.map((s) => s.id))} returning id`;
+  try {
+    const owner = await createUser();
+    const failed = [
+      await device({ serverId: servers[0].id, owner }),
+      await device({ serverId: servers[1].id, owner }),
+    ];
+    const fresh = await device({ serverId: servers[2].id, owner });
+    for (const [i, d] of failed.entries()) {
+      const { error } = await service.rpc("report_device_status", {
+        p_device_id: d.id,
+        p_server_id: servers[i].id,
+        p_epoch: 1,
+        p_status: "error",
+        p_error: "version_outdated: Connection Failure",
+      });
+      assert.equal(error, null, JSON.stringify(error));
+    }
+
+    const qr = await fn("get-device-qr", {
+      token: failed[0].token,
+      query: `device_id=${failed[0].id}`,
+    });
+    const body = await qr.json();
+    assert.equal(body.status, "pending");
+    assert.equal(body.reason, "fleet_incident");
+    assert.equal(body.last_error_code, "version_outdated");
+    assert.equal(body.retry_after_ms, 5000);
+
+    const again = await fn("reassign-device", {
+      method: "POST",
+      token: failed[0].token,
+      json: { device_id: failed[0].id },
+    });
+    assert.equal((await again.json()).reason, "fleet_incident");
+    const [{ charged }] = await db`
+      select count(*)::int as charged from public.device_assignment_events
+       where device_id = ${failed[0].id} and reason = 'user_request'`;
+    assert.equal(charged, 0, "a reassignment during the incident charges nothing");
+    const [health] = await db`select public.assignment_health() -> 'incidents' as incidents`;
+    assert.deepEqual(health.incidents.map((i: { code: string }) => i.code), ["version_outdated"]);
+
+    // A QR from any server: WhatsApp takes the fleet again.
+    await publish(fresh.id, "2@after-the-incident");
+    const rows = await db`
+      select status, assigned_server_id, reassign_count from public.devices
+       where id in ${db(failed.map((d) => d.id))}`;
+    assert.deepEqual(rows.map((r) => [r.status, r.assigned_server_id, r.reassign_count]), [
+      ["connecting", null, 0],
+      ["connecting", null, 0],
+    ]);
+  } finally {
+    const ids = paused.map((row) => row.id);
+    if (ids.length > 0) {
+      await db`update public.backend_servers set is_active = true where id in ${db(ids)}`;
+    }
+  }
+});
+
 test("an unreachable database is 503 database_unavailable with Retry-After", async () => {
   const stack = await getStack();
   const d = await device();
