@@ -8,11 +8,7 @@
  * <json>: {"peer", "url", "waiting", "take", "reps", "claimers", "batch"}; prints
  * {"runs": [{fetched, duplicates, seconds, perSecond}], "enqueueSeconds"}.
  */
-import {
-  makeWorkerUtils,
-  run as runGraphileWorker,
-  runMigrations,
-} from "graphile-worker";
+import { makeWorkerUtils, run as runGraphileWorker, runMigrations } from "graphile-worker";
 import { PgBoss } from "pg-boss";
 
 interface PeerRun {
@@ -146,8 +142,8 @@ async function graphileRun(
             taskList,
             logger: silentLogger(),
             // Its batching, as its performance guide advises for throughput: fetch 100
-          // jobs per query, and complete the jobs that finish together in one.
-          preset: { worker: { localQueue: { size: CLAIM_BATCH }, completeJobBatchDelay: 0 } },
+            // jobs per query, and complete the jobs that finish together in one.
+            preset: { worker: { localQueue: { size: CLAIM_BATCH }, completeJobBatchDelay: 0 } },
           } as never)),
       );
       await finished;
