@@ -62,6 +62,23 @@ const functionsConfig = env(
 const envFile = env("GATEWAY_ENV_FILE", `${REPO}/.env.local`);
 const prewarm = env("GATEWAY_PREWARM", "1") !== "0";
 
+// postgres.js 3.4.9 can write to a socket that closed meanwhile when the
+// database goes away (connection.js nextWrite: `socket.write` on null), and
+// under Deno that is an uncaught exception that would end the gateway. PostgREST
+// keeps serving 503s through an outage (tests/chaos/db_outage_test.ts), so this
+// one error is logged and the connection's own error handling takes over;
+// anything else still ends the process.
+globalThis.addEventListener("error", (event) => {
+  const error = event.error as Error | undefined;
+  if (
+    error instanceof TypeError && /reading 'write'/.test(error.message) &&
+    /postgres\/[^/]+\/src\/connection\.js/.test(error.stack ?? "")
+  ) {
+    event.preventDefault();
+    console.error(`gateway: a write to a closed database socket was dropped (${error.message})`);
+  }
+});
+
 await Deno.mkdir(`${stateDir}/gateway`, { recursive: true });
 const profile = projectProfile(projectKeysFromEnv());
 const signing = await loadSigningKeys();
