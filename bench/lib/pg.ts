@@ -70,9 +70,9 @@ export async function createPlainDatabase(name: string): Promise<string> {
 
 /** A fresh database with the Supabase bootstrap and every migration applied (local/db.sh). */
 export async function createBenchDatabase(name: string): Promise<string> {
-  await run(`${REPO}/local/db.sh`, ["create-db", name]);
+  const url = await createPlainDatabase(name);
   await run(`${REPO}/local/db.sh`, ["push", name]);
-  return databaseUrl(name);
+  return url;
 }
 
 export async function dropBenchDatabase(name: string): Promise<void> {
