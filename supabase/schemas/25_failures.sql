@@ -169,8 +169,10 @@ begin
 end;
 $$;
 
--- Incidents whose window passed with no new report end by themselves.
-create or replace function device_assignment.end_quiet_incidents()
+-- Incidents whose window passed with no new report end by themselves: every
+-- one (maintenance), or the one of p_code (an owner's get_device_qr, so the
+-- devices it held go back to pairing without waiting for the next run).
+create or replace function device_assignment.end_quiet_incidents(p_code text default null)
 returns integer
 language plpgsql
 set search_path = ''
@@ -183,6 +185,7 @@ begin
     select i.code from device_assignment.fleet_incidents i
     cross join public.assignment_settings cfg
     where i.ended_at is null
+      and (p_code is null or i.code = p_code)
       and not exists (select from device_assignment.failure_reports r
                        where r.code = i.code and r.reported_at >= now() - cfg.incident_window)
   loop
@@ -243,6 +246,6 @@ revoke all on function
   device_assignment.open_incident(text),
   device_assignment.note_failure(uuid, text),
   device_assignment.end_incidents(text, text),
-  device_assignment.end_quiet_incidents(),
+  device_assignment.end_quiet_incidents(text),
   device_assignment.move_failed_devices(text)
 from public, anon, authenticated, service_role;

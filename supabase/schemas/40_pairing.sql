@@ -285,6 +285,12 @@ begin
     perform device_assignment.raise_api_error('not_found', 404);
   end if;
 
+  -- A fleet incident that went quiet ends here as in maintenance: the device
+  -- is back in the claim queue, and healed below like any orphan.
+  if v_device.status = 'error' and device_assignment.end_quiet_incidents(v_device.last_error) > 0 then
+    select d.* into v_device from public.devices d where d.id = p_device_id;
+  end if;
+
   if (v_device.status = 'connecting' and not device_assignment.is_qr_fresh(v_device.qr_expires_at))
      or (v_device.status = any(device_assignment.statuses('holds_session'))
          and exists (select from device_assignment.sessions_to_fail_over f where f.id = p_device_id)) then

@@ -3,7 +3,7 @@
 -- that holds its devices at no cost and releases them when it ends.
 begin;
 \ir reset_fleet.psql
-select plan(22);
+select plan(26);
 
 select tests.create_user('owner');
 select tests.create_server('srv-a'), tests.create_server('srv-b'), tests.create_server('srv-c');
@@ -103,10 +103,31 @@ select ok((select bool_and(status = 'connecting' and assigned_server_id is null 
              from public.devices where id in (tests.id('phone-b'), tests.id('phone-c'))),
   'its devices are back in the claim queue with their whole budget');
 
--- A quiet window ends an incident too.
+-- A quiet window ends an incident too: in the owner's next get_device_qr, not
+-- only at the next maintenance run.
+update public.devices set status = 'error', last_error = 'rate_limited' where id = tests.id('phone-b');
 insert into device_assignment.fleet_incidents (code, servers)
 values ('rate_limited', array[tests.id('srv-b'), tests.id('srv-c')]);
-select is(device_assignment.end_quiet_incidents(), 1, 'an incident with no report in its window ends');
+insert into device_assignment.failure_reports (server_id, code) values (tests.id('srv-b'), 'rate_limited');
+select tests.as_user('owner');
+select is(public.get_device_qr(tests.id('phone-b')) ->> 'reason', 'fleet_incident',
+  'a report within the window keeps the incident open');
+select tests.as_system();
+update device_assignment.failure_reports set reported_at = now() - interval '3 minutes';
+select tests.as_user('owner');
+select is(public.get_device_qr(tests.id('phone-b')) ->> 'incident', null,
+  'once the window passed with no report, the owner''s next call ends it');
+select tests.as_system();
+select ok((select status = 'connecting' and last_error is null and reassign_count = 1
+                  and assigned_server_id in (select id from device_assignment.live_servers)
+             from public.devices where id = tests.id('phone-b')),
+  'and the device is pairing on a live server again: one move from a whole budget');
+select is((select ended_by from device_assignment.fleet_incidents where code = 'rate_limited'),
+  'quiet', 'audited as ended by the quiet window');
+
+insert into device_assignment.fleet_incidents (code, servers)
+values ('server_error', array[tests.id('srv-b'), tests.id('srv-c')]);
+select is(device_assignment.end_quiet_incidents(), 1, 'maintenance ends every quiet incident');
 
 select * from finish();
 rollback;
