@@ -4,10 +4,11 @@
  * the fleet tests, the reliability suite and the benchmarks.
  *
  * `new Fleet({...}).start(3)`, then `kill`, `partition`, `heal`, `restart`,
- * `add`, `scan`, and `events` / `waitFor` to observe the workers. Its HTTP
+ * `add`, `scan`, `setWhatsAppOutage`, and `events` / `waitFor` to observe the workers. Its HTTP
  * control is fleet_control.ts; the program with a command line, fleet_cli.ts.
  */
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
+import { FAILURE_CLASSES, type FailureClass } from "@device-qr/backend";
 import { type BackendAccount, createBackendAccount } from "../cli/backend_accounts.ts";
 import { createControlToken } from "./control_auth.ts";
 
@@ -83,6 +84,7 @@ export class Fleet {
   readonly #accounts = new Map<string, Promise<BackendAccount>>();
   readonly #runId = crypto.randomUUID().slice(0, 8);
   #admin: SupabaseClient | null = null;
+  #whatsappOutage: FailureClass | null = null;
 
   constructor(options: FleetOptions) {
     this.#options = { prefix: "sim", maxEvents: 50_000, ...options };
@@ -220,6 +222,37 @@ export class Fleet {
       return event.connected === true || answered.size >= alive.length;
     }, timeoutMs).catch(() => null);
     return found?.connected === true ? found.worker : null;
+  }
+
+  /** The failure class simulated WhatsApp refuses every connection with, or null. */
+  get whatsappOutage(): FailureClass | null {
+    return this.#whatsappOutage;
+  }
+
+  /**
+   * Break WhatsApp for the whole fleet: every worker, and every one started
+   * later, fails each pairing attempt and resume with `code` (worker/pairing.ts,
+   * Outages) until this is called with null. Resolves once every live worker
+   * said so.
+   */
+  async setWhatsAppOutage(code: FailureClass | null, timeoutMs = 5_000): Promise<void> {
+    if (code !== null && !FAILURE_CLASSES.includes(code)) {
+      throw new FleetError(
+        "invalid_request",
+        `outage must be one of ${FAILURE_CLASSES.join(", ")}, or null`,
+      );
+    }
+    this.#whatsappOutage = code;
+    const alive = [...this.#workers.values()].filter((w) => w.stdin && isAlive(w.info.state));
+    const after = this.#seq;
+    await Promise.all(alive.map((w) => this.#send(w, `whatsapp ${code ?? "ok"}`)));
+    const told = new Set<string>();
+    await this.waitFor((event) => {
+      if (event.seq > after && event.type === "whatsapp" && event.outage === code) {
+        told.add(event.worker);
+      }
+      return alive.every((w) => told.has(w.info.name));
+    }, timeoutMs);
   }
 
   list(): FleetWorkerInfo[] {
@@ -379,6 +412,9 @@ export class Fleet {
         ),
       (error) => this.#record(name, { type: "error", step: "account", error: String(error) }),
     ).catch(() => {/* the worker exited before it got them */});
+    if (this.#whatsappOutage) {
+      this.#send(worker, `whatsapp ${this.#whatsappOutage}`).catch(() => {/* exited */});
+    }
   }
 
   async #readLines(stream: ReadableStream<Uint8Array>, onLine: (line: string) => void) {

@@ -7,6 +7,7 @@
  * stdin (`kill sim-1`, `partition sim-2`, `add`, `list`, …). Ctrl-C stops every
  * worker gracefully.
  */
+import type { FailureClass } from "@device-qr/backend";
 import { CONTROL_TOKEN_HEADER } from "./control_auth.ts";
 import { workerEnv } from "./env.ts";
 import { Fleet } from "./fleet.ts";
@@ -47,7 +48,8 @@ console.error(
     `(state changes need the header ${CONTROL_TOKEN_HEADER}: ${fleet.controlToken})`,
 );
 
-// The same verbs on stdin: `kill sim-1`, `partition sim-2 [self-fence]`, `add`, `list`, …
+// The same verbs on stdin: `kill sim-1`, `partition sim-2 [self-fence]`, `add`, `list`,
+// `whatsapp version_outdated` / `whatsapp ok`, …
 let buffer = "";
 for await (const chunk of Deno.stdin.readable.pipeThrough(new TextDecoderStream())) {
   buffer += chunk;
@@ -67,6 +69,8 @@ for await (const chunk of Deno.stdin.readable.pipeThrough(new TextDecoderStream(
       } else if (verb === "scan") console.error(`connected by ${await fleet.scan(name)}`);
       else if (verb === "enter-code") {
         console.error(`connected by ${await fleet.enterCode(name, option ?? "")}`);
+      } else if (verb === "whatsapp") {
+        await fleet.setWhatsAppOutage(name === "ok" ? null : name as FailureClass);
       } else if (verb) console.error(`unknown command ${verb}`);
     } catch (error) {
       console.error(error instanceof Error ? error.message : String(error));

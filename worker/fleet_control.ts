@@ -1,11 +1,14 @@
 /** The fleet simulator's HTTP control: what `make dev`'s page and `curl` drive the fleet with. */
 import { controlRefusal } from "./control_auth.ts";
+import type { FailureClass } from "@device-qr/backend";
 import { type Fleet, FleetError } from "./fleet.ts";
 
 /**
  * The fleet's HTTP control API, for loopback use only (it can kill processes):
  *
- *   GET  /fleet                              workers and their state
+ *   GET  /fleet                              workers and their state, and WhatsApp's
+ *   POST /fleet/whatsapp       {outage}      break WhatsApp for the fleet: outage is a
+ *                                            failure class (version_outdated, ...), null mends it
  *   GET  /fleet/events?after=<seq>           events after a sequence number
  *   POST /fleet/workers        {name?}       add a worker
  *   POST /fleet/workers/<name>/kill|stop|restart|heal
@@ -25,7 +28,9 @@ export async function fleetControl(fleet: Fleet, request: Request): Promise<Resp
   if (url.pathname !== "/fleet" && !url.pathname.startsWith("/fleet/")) return null;
   const parts = url.pathname.split("/").filter(Boolean).map(decodeURIComponent);
   try {
-    if (request.method === "GET" && parts.length === 1) return json({ workers: fleet.list() });
+    if (request.method === "GET" && parts.length === 1) {
+      return json({ workers: fleet.list(), whatsapp_outage: fleet.whatsappOutage });
+    }
     if (request.method === "GET" && parts[1] === "events" && parts.length === 2) {
       const after = Number(url.searchParams.get("after") ?? 0);
       return json({ events: fleet.events.filter((e) => e.seq > after).slice(-1000) });
@@ -60,6 +65,13 @@ export async function fleetControl(fleet: Fleet, request: Request): Promise<Resp
           return json({ error: { code: "not_found", message: `unknown verb ${verb}` } }, 404);
       }
       return json({ worker: fleet.info(name) });
+    }
+    if (parts[1] === "whatsapp" && parts.length === 2) {
+      if (!("outage" in body) || (body.outage !== null && typeof body.outage !== "string")) {
+        throw new FleetError("invalid_request", "outage is required: a failure class, or null");
+      }
+      await fleet.setWhatsAppOutage(body.outage as FailureClass | null);
+      return json({ whatsapp_outage: fleet.whatsappOutage });
     }
     if (parts[1] === "scan" && parts.length === 2) {
       if (typeof body.device_id !== "string") {

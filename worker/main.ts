@@ -18,12 +18,19 @@
  * stdin, one command a line: `scan <device_id>`, `enter-code <device_id> <code>`, `partition` (heartbeats and
  * claims cut, self-fencing suspended: a server that believes it is still live),
  * `partition self-fence` (same cut, the worker fences itself as it should),
- * `heal`, `status`. stdout: one JSON object a line per worker event.
+ * `heal`, `whatsapp <failure class>` (WhatsApp refuses every connection with it:
+ * pairing.ts, Outages), `whatsapp ok`, `status`. stdout: one JSON object a line per worker event.
  * SIGTERM or SIGINT: graceful `server_shutdown`, then exit 0; so does the end of
  * stdin when WORKER_EXIT_ON_STDIN_EOF=1.
  */
 import { createClient } from "@supabase/supabase-js";
-import { BackendClient, type BackendClientEvent, supabaseBackend } from "@device-qr/backend";
+import {
+  BackendClient,
+  type BackendClientEvent,
+  FAILURE_CLASSES,
+  type FailureClass,
+  supabaseBackend,
+} from "@device-qr/backend";
 import { FaultyBackend } from "./faults.ts";
 import { runSessionTraffic } from "./session_traffic.ts";
 import { DEFAULT_SIMULATOR_CONFIG, SimulatedWhatsApp, WHATSAPP_PAIRING } from "./pairing.ts";
@@ -135,11 +142,22 @@ async function handle(line: string): Promise<void> {
       server.config.selfFencing = true;
       emit({ type: "healed" });
       break;
+    case "whatsapp": {
+      const outage = arg === "ok" ? null : arg as FailureClass;
+      if (outage !== null && !FAILURE_CLASSES.includes(outage)) {
+        emit({ type: "unknown_command", command: line.trim() });
+        break;
+      }
+      whatsapp.setOutage(outage);
+      emit({ type: "whatsapp", outage });
+      break;
+    }
     case "status":
       emit({
         type: "status",
         ...server.snapshot(),
         partitioned: backend.partitioned,
+        whatsappOutage: whatsapp.outage,
       });
       break;
     case "credentials": {

@@ -13,6 +13,11 @@
  * reads them back and reconnects without a QR, or reports `logged_out` when
  * there are none.
  *
+ * Outages: `setOutage(code)` makes WhatsApp refuse every connection with that
+ * failure class, as when it stops accepting a client version: each pairing
+ * attempt and each resume reports `error` with `"<code>: <text>"` at once, and
+ * every new one after it, until `setOutage(null)`. Linked sessions stay up.
+ *
  * Pairing codes: asked for a code for a phone number, the socket answers with
  * 8 characters of Baileys' alphabet after a round trip; the code is usable
  * until `pairingCodeTtlMs` or the end of the socket's pairing attempt,
@@ -26,6 +31,7 @@ import {
   BackendError,
   type Clock,
   type DeviceHandler,
+  type FailureClass,
   type HeldDevice,
   isDeviceGone,
   type PairingCode,
@@ -150,6 +156,9 @@ export const DEFAULT_SIMULATOR_CONFIG: SimulatorConfig = {
   pairingCodeTtlMs: 120_000,
 };
 
+/** The text a simulated outage's failure reports carry after their code. */
+export const OUTAGE_TEXT = "WhatsApp closed the connection (simulated fleet-wide outage)";
+
 /** The session store key of a device's credentials (Baileys' `creds`). */
 export const CREDS = { type: "creds", id: "creds" } as const;
 
@@ -172,6 +181,7 @@ export type SimulatorEvent = { type: "error"; step: string; error: string };
 export class SimulatedWhatsApp implements DeviceHandler {
   readonly config: SimulatorConfig;
   #sockets = new Map<string, SimulatedSocket>();
+  #outage: FailureClass | null = null;
 
   constructor(
     private readonly store: SessionStore,
@@ -199,6 +209,24 @@ export class SimulatedWhatsApp implements DeviceHandler {
   stop(device: HeldDevice, _reason: StopReason): void {
     if (this.#sockets.get(device.deviceId)?.device === device) {
       this.#sockets.delete(device.deviceId);
+    }
+  }
+
+  /** The failure class WhatsApp answers every new connection with, or null. */
+  get outage(): FailureClass | null {
+    return this.#outage;
+  }
+
+  /**
+   * WhatsApp fails every connection with `code` from now on (null: it works
+   * again). Open pairing attempts and resumes fail at the next tick, as
+   * sockets WhatsApp closed would.
+   */
+  setOutage(code: FailureClass | null): void {
+    this.#outage = code;
+    if (!code) return;
+    for (const socket of this.#sockets.values()) {
+      if (socket.device.phase !== "linked") socket.nextActionAt = this.clock.now();
     }
   }
 
@@ -289,7 +317,9 @@ export class SimulatedWhatsApp implements DeviceHandler {
   async #advance(socket: SimulatedSocket): Promise<void> {
     socket.busy = true;
     try {
-      if (socket.device.phase === "resuming") await this.#resume(socket);
+      if (this.#outage) {
+        await socket.device.reportStatus("error", `${this.#outage}: ${OUTAGE_TEXT}`);
+      } else if (socket.device.phase === "resuming") await this.#resume(socket);
       else if (socket.qrsShown < this.config.pairing.maxQrs) {
         await this.#publishNext(socket);
       } else await socket.device.reportStatus("qr_timeout");

@@ -37,12 +37,21 @@ interface QrState {
   reassigned: boolean;
   retry_after_ms: number | null;
   pairing_code: { code: string; expires_at: string } | null;
+  /** The fleet incident that holds the device (reason `fleet_incident`). */
+  incident: { code: string; since: string } | null;
 }
 
 interface FleetWorker {
   name: string;
   state: string;
   devices: string[];
+}
+
+interface HealthIncident {
+  code: string;
+  since: string;
+  servers: string[];
+  devices_held: number;
 }
 
 interface HealthServer {
@@ -82,6 +91,12 @@ const awaitingRecovery = new Map<
     heldSeenAt?: number;
   }
 >();
+
+/** Devices a fleet incident held, until they show a QR again by themselves. */
+const heldByIncident = new Set<string>();
+
+/** The open incidents' codes as last seen, to say when one ends. */
+let incidentsSeen = new Set<string>();
 
 /** The fleet as last seen: each worker's state and devices, when it was asked and answered. */
 let fleetSeen: { at: number; answeredAt: number; workers: Map<string, FleetWorker> } = {
@@ -210,6 +225,7 @@ function render(view: DeviceView): void {
   status.textContent = state.status.replace("_", " ");
   status.className = `badge status ${state.status}`;
   card.dataset.status = state.status;
+  card.dataset.reason = state.reason ?? "";
   card.dataset.server = state.server?.name ?? "";
   card.querySelector(".server")!.textContent = state.server
     ? `on ${state.server.name}`
@@ -259,6 +275,10 @@ function placeholder(state: QrState): string {
     case "error":
       return "pairing failed — press Connect";
     default:
+      if (state.reason === "fleet_incident") {
+        return `WhatsApp fails on every server (${state.incident?.code}): held, nothing spent; ` +
+          "pairing resumes by itself when it ends";
+      }
       return state.reason ? `waiting (${state.reason.replaceAll("_", " ")})` : "waiting for a QR…";
   }
 }
@@ -347,8 +367,11 @@ async function follow(view: DeviceView): Promise<void> {
       continue;
     }
     observe(view, data, started);
-    // Idle states answer at once; don't spin on them.
-    if (Date.now() - started < 1_000) await sleep(1_500, controller.signal);
+    // Idle states answer at once; don't spin on them. A waitable answer is
+    // followed at once by a wait: a pause here would be a window in which the
+    // state can change before the next call starts waiting from it.
+    const idle = !["pending", "ready", "reconnecting"].includes(data.status);
+    if (idle && Date.now() - started < 1_000) await sleep(1_500, controller.signal);
   }
 }
 
@@ -405,11 +428,39 @@ function observe(view: DeviceView, state: QrState, askedAt: number): void {
   }
   if (before?.status !== state.status) log(`${view.name}: ${state.status.replace("_", " ")}`);
   if (
-    !recover(view) && !awaitingRecovery.has(view.id) && view.card.querySelector(".note.problem")
+    !recover(view) && !heldOrReleased(view) && !awaitingRecovery.has(view.id) &&
+    view.card.querySelector(".note.problem")
   ) {
     note(view, "");
   }
   render(view);
+}
+
+/**
+ * A fleet incident holds the device, or released it: the card says so, and
+ * when its QR is back (no owner action), how long after the hold was seen.
+ */
+function heldOrReleased(view: DeviceView): boolean {
+  const state = view.state!;
+  if (state.reason === "fleet_incident") {
+    if (!heldByIncident.has(view.id)) {
+      heldByIncident.add(view.id);
+      view.card.dataset.heldSince = String(Date.now());
+      delete view.card.dataset.incidentRecoveredMs;
+      log(`${view.name}: held by the fleet incident ${state.incident?.code}`);
+      note(view, `fleet incident ${state.incident?.code}: not moved, no reassignment spent`);
+    }
+    return true;
+  }
+  if (!heldByIncident.has(view.id) || !state.qr) return false;
+  heldByIncident.delete(view.id);
+  const heldMs = Date.now() - Number(view.card.dataset.heldSince);
+  view.card.dataset.incidentRecoveredMs = String(heldMs);
+  const text = `QR back from ${state.server?.name} by itself after the fleet incident ended ` +
+    `(held ${(heldMs / 1000).toFixed(1)} s)`;
+  note(view, text, "recovered");
+  log(`${view.name}: ${text}`);
+  return true;
 }
 
 /** Restart a device's long-poll now (after an action), instead of at its next change. */
@@ -424,6 +475,12 @@ async function reassign(deviceId: string): Promise<void> {
   });
   if (error) {
     note(view, `reassign-device: ${await describeError(error)}`, "problem");
+    return;
+  }
+  if (data.reason === "fleet_incident") {
+    note(view, `reassign-device: fleet incident ${data.incident?.code}, nothing moved or charged`);
+    log(`${view.name}: reassign-device → fleet incident, nothing charged`);
+    refresh(deviceId);
     return;
   }
   note(view, `pairing started (epoch ${data.epoch})`);
@@ -513,9 +570,15 @@ async function fleetAction(name: string, verb: string): Promise<void> {
 
 async function refreshFleet(): Promise<void> {
   let payload: {
-    health: { servers: HealthServer[]; orphaned: number; stale: number } | null;
+    health: {
+      servers: HealthServer[];
+      orphaned: number;
+      stale: number;
+      incidents: HealthIncident[];
+    } | null;
     error: string | null;
     fleet: FleetWorker[];
+    whatsapp_outage: string | null;
   };
   const asked = Date.now();
   try {
@@ -580,6 +643,40 @@ async function refreshFleet(): Promise<void> {
   document.querySelector("#health")!.textContent = payload.health
     ? `orphaned devices: ${payload.health.orphaned} · stale: ${payload.health.stale}`
     : `assignment_health failed: ${payload.error}`;
+  showWhatsApp(payload.whatsapp_outage);
+  if (payload.health) showIncidents(payload.health.incidents);
+}
+
+/** The Break WhatsApp control: what the simulated WhatsApp does to every server now. */
+function showWhatsApp(outage: string | null): void {
+  const button = document.querySelector<HTMLButtonElement>("#whatsapp")!;
+  button.textContent = outage ? "Mend WhatsApp" : "Break WhatsApp";
+  button.dataset.outage = outage ?? "";
+  document.querySelector("#whatsapp-state")!.textContent = outage
+    ? `WhatsApp refuses every server: ${outage}`
+    : "";
+}
+
+/** Open fleet incidents from assignment_health(), and a line in the log when one ends. */
+function showIncidents(incidents: HealthIncident[]): void {
+  const list = document.querySelector<HTMLElement>("#incidents")!;
+  list.replaceChildren(...incidents.map((incident) =>
+    element(
+      "li",
+      { dataset: { code: incident.code } },
+      element("strong", {}, `Fleet incident ${incident.code}`),
+      ` since ${new Date(incident.since).toLocaleTimeString()} · reported by ` +
+        `${incident.servers.join(", ")} · ${incident.devices_held} device` +
+        `${incident.devices_held === 1 ? "" : "s"} held, no reassignment spent`,
+    )
+  ));
+  list.hidden = incidents.length === 0;
+  const open = new Set(incidents.map((incident) => incident.code));
+  for (const code of open) if (!incidentsSeen.has(code)) log(`fleet incident ${code} started`);
+  for (const code of incidentsSeen) {
+    if (!open.has(code)) log(`fleet incident ${code} ended: its devices pair again by themselves`);
+  }
+  incidentsSeen = open;
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
@@ -591,6 +688,20 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     }, { once: true });
   });
 }
+
+document.querySelector<HTMLButtonElement>("#whatsapp")!.onclick = async (event) => {
+  const button = event.currentTarget as HTMLButtonElement;
+  const outage = button.dataset.outage ? null : "version_outdated";
+  button.disabled = true;
+  try {
+    const answer = await post("/fleet/whatsapp", { outage });
+    if (answer.error) log(`WhatsApp: ${(answer.error as { message: string }).message}`);
+    else log(outage ? `WhatsApp broken for every server: ${outage}` : "WhatsApp mended");
+    showWhatsApp((answer.whatsapp_outage as string | null) ?? null);
+  } finally {
+    button.disabled = false;
+  }
+};
 
 document.querySelector<HTMLButtonElement>("#add-server")!.onclick = async () => {
   const answer = await post("/fleet/workers");

@@ -1,6 +1,7 @@
 /**
  * The demo's data: one user with a few devices, reset to a known state on every
- * `make dev`, and a heartbeat timeout short enough to watch a failover.
+ * `make dev`, a heartbeat timeout short enough to watch a failover, and a fleet
+ * incident window short enough to watch an incident end.
  * Dev-only: writes straight to the database as `postgres`.
  */
 import postgres from "postgres";
@@ -20,6 +21,7 @@ export const DEMO_DEVICES = [
 
 export interface DemoTimings {
   heartbeatTimeoutSeconds: number;
+  incidentWindowSeconds: number;
 }
 
 /** Seeds the demo and returns the settings it replaced, for `restoreSettings`. */
@@ -47,11 +49,13 @@ export async function seedDemo(dbUrl: string, timings: DemoTimings): Promise<Pre
             updated_at = now()`;
       }
       const [previous] = await tx<PreviousSettings[]>`
-        select extract(epoch from heartbeat_timeout)::float8 as "heartbeatTimeoutSeconds"
+        select extract(epoch from heartbeat_timeout)::float8 as "heartbeatTimeoutSeconds",
+               extract(epoch from incident_window)::float8 as "incidentWindowSeconds"
         from public.assignment_settings`;
       await tx`
         update public.assignment_settings
         set heartbeat_timeout = make_interval(secs => ${timings.heartbeatTimeoutSeconds}),
+            incident_window = make_interval(secs => ${timings.incidentWindowSeconds}),
             updated_at = now()`;
       return previous;
     });
@@ -100,9 +104,7 @@ export async function parkDemoDevices(dbUrl: string): Promise<void> {
   }
 }
 
-export interface PreviousSettings {
-  heartbeatTimeoutSeconds: number;
-}
+export type PreviousSettings = DemoTimings;
 
 export async function restoreSettings(dbUrl: string, previous: PreviousSettings): Promise<void> {
   const sql = postgres(dbUrl, { max: 1, onnotice: () => {} });
@@ -110,6 +112,7 @@ export async function restoreSettings(dbUrl: string, previous: PreviousSettings)
     await sql`
       update public.assignment_settings
       set heartbeat_timeout = make_interval(secs => ${previous.heartbeatTimeoutSeconds}),
+          incident_window = make_interval(secs => ${previous.incidentWindowSeconds}),
           updated_at = now()`;
   } finally {
     await sql.end();

@@ -7,6 +7,7 @@
  *   deno run -A local/demo/server.ts      (local/dev.sh runs it)
  *
  * Environment: DEMO_PORT (54330), DEMO_WORKERS (3), DEMO_HEARTBEAT_TIMEOUT_S (10),
+ * DEMO_INCIDENT_WINDOW_S (30),
  * SUPABASE_URL / keys / SUPABASE_DB_URL (else .env.local), and the worker's
  * WORKER_* / QR_* timings.
  */
@@ -32,6 +33,8 @@ export interface DemoServerOptions {
   port: number;
   workers: number;
   heartbeatTimeoutSeconds: number;
+  /** assignment_settings.incident_window while the demo runs: how long a mended outage takes to end. */
+  incidentWindowSeconds: number;
   /** Where workers' stderr is written. */
   logDir: string;
 }
@@ -65,6 +68,7 @@ export async function startDemoServer(options: DemoServerOptions) {
   await bundlePage();
   const previous = await seedDemo(dbUrl, {
     heartbeatTimeoutSeconds: options.heartbeatTimeoutSeconds,
+    incidentWindowSeconds: options.incidentWindowSeconds,
   });
   const service = createClient(stack.url, stack.secretKey, {
     auth: { persistSession: false, autoRefreshToken: false },
@@ -109,6 +113,7 @@ export async function startDemoServer(options: DemoServerOptions) {
         health: error ? null : data,
         error: error?.message ?? null,
         fleet: fleet.list(),
+        whatsapp_outage: fleet.whatsappOutage,
       });
     },
   };
@@ -157,6 +162,7 @@ if (import.meta.main) {
     port: number("DEMO_PORT", 54330),
     workers: number("DEMO_WORKERS", 3),
     heartbeatTimeoutSeconds: number("DEMO_HEARTBEAT_TIMEOUT_S", 10),
+    incidentWindowSeconds: number("DEMO_INCIDENT_WINDOW_S", 30),
     logDir: Deno.env.get("DEMO_LOG_DIR") ?? new URL(".local/demo", ROOT).pathname,
   });
   const stop = async () => {

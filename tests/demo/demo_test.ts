@@ -5,6 +5,8 @@
  * then links a device and kills its server: the session resumes elsewhere, no QR;
  * links a device with a pairing code ("Link with phone number instead"); last,
  * kills every server and restarts one: the cards it takes back say so.
+ * A second run plays Break WhatsApp: a fleet incident holds the pairing
+ * devices at no cost, and when WhatsApp is mended they pair again by themselves.
  * Screenshots and the recovery time go to test-results/.
  */
 import assert from "node:assert/strict";
@@ -254,5 +256,110 @@ Deno.test({
     await closeStack();
     assert.equal(after.t, before.t);
     assert.equal(left.n, 0);
+  },
+});
+
+Deno.test({
+  name: "Break WhatsApp: a fleet incident holds the devices, charges nothing, and ends by itself",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    await Deno.mkdir(RESULTS, { recursive: true });
+    await getStack();
+    const db = await sql();
+    const [before] = await db`select incident_window::text as w from public.assignment_settings`;
+    const dev = await startDev();
+    const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    try {
+      const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+      const pageErrors: string[] = [];
+      page.on("pageerror", (error) => pageErrors.push(error.message));
+      await page.goto(dev.url);
+      // The three pairing devices show QRs, one per server.
+      await page.locator('article.device[data-status="ready"]').nth(2)
+        .waitFor({ timeout: 30_000 });
+      const pairing: string[] = [];
+      for (const card of await page.locator('article.device[data-status="ready"]').all()) {
+        pairing.push((await card.getAttribute("data-device-id"))!);
+      }
+      assert.equal(pairing.length, 3, "three pairing devices");
+      const [spentBefore] = await db`
+        select coalesce(sum(reassign_count), 0)::int as n from public.devices
+        where id = any(${pairing}::uuid[])`;
+      const brokenAt = new Date();
+
+      await page.locator('#whatsapp[data-outage=""]').click();
+      await page.locator('#whatsapp[data-outage="version_outdated"]').waitFor();
+      // Every pairing card is held by the incident, and says which, within a
+      // few re-checks of its long-poll; the fleet panel shows it.
+      for (const id of pairing) {
+        await page.locator(
+          `article.device[data-device-id="${id}"][data-status="pending"][data-reason="fleet_incident"]`,
+          { hasText: "WhatsApp fails on every server (version_outdated)" },
+        ).waitFor({ timeout: 10_000 });
+      }
+      const incident = page.locator('#incidents li[data-code="version_outdated"]');
+      await page.locator('#incidents li[data-code="version_outdated"]', {
+        hasText: "3 devices held",
+      }).waitFor({ timeout: 15_000 });
+      assert.match(
+        (await incident.textContent()) ?? "",
+        /^Fleet incident version_outdated since .* reported by demo-server-\d, demo-server-\d/,
+      );
+
+      // The owner's reassign during the incident is answered with it, and charges nothing.
+      const held = page.locator(`article.device[data-device-id="${pairing[0]}"]`);
+      await held.locator("button.connect").click();
+      await page.locator("#log li", {
+        hasText: "reassign-device → fleet incident, nothing charged",
+      }).first().waitFor({ timeout: 10_000 });
+      await page.screenshot({ path: `${RESULTS}/demo-8-fleet-incident.png`, fullPage: true });
+
+      await page.locator('#whatsapp[data-outage="version_outdated"]').click();
+      await page.locator('#whatsapp[data-outage=""]').waitFor();
+      // Nobody acts: once the window passed with no new report, each card's own
+      // poll ends the incident and the devices show QRs again.
+      for (const id of pairing) {
+        await page.locator(
+          `article.device[data-device-id="${id}"][data-status="ready"][data-incident-recovered-ms]`,
+        ).waitFor({ timeout: 60_000 });
+      }
+      await incident.waitFor({ state: "detached", timeout: 15_000 });
+      await page.locator("#log li", { hasText: "fleet incident version_outdated ended" }).first()
+        .waitFor({ timeout: 15_000 });
+      await page.screenshot({ path: `${RESULTS}/demo-9-incident-ended.png`, fullPage: true });
+
+      // The audit: one incident, opened and ended; no device moved or charged for it.
+      const incidents = await db`
+        select ended_by, devices_released from device_assignment.fleet_incidents
+        where started_at >= ${brokenAt} order by id`;
+      assert.equal(incidents.length, 1, "one incident");
+      assert.ok(incidents[0].ended_by, "it ended");
+      const [moves] = await db`
+        select count(*)::int as n from public.device_assignment_events
+        where device_id = any(${pairing}::uuid[]) and created_at >= ${brokenAt}
+          and reason in ('server_failure', 'user_request', 'stale_qr')`;
+      assert.equal(moves.n, 0, "no device was moved for the failure or charged for the reassign");
+      const [spentAfter] = await db`
+        select coalesce(sum(reassign_count), 0)::int as n from public.devices
+        where id = any(${pairing}::uuid[]) and last_error is null`;
+      assert.ok(
+        spentAfter.n <= spentBefore.n + pairing.length,
+        `at most the one move back to a server each (${spentBefore.n} → ${spentAfter.n})`,
+      );
+      assert.deepEqual(pageErrors, [], "no uncaught error in the page");
+    } finally {
+      await browser.close();
+      dev.process.kill("SIGTERM");
+      const status = await Promise.race([
+        dev.process.status,
+        new Promise<null>((resolve) => setTimeout(() => resolve(null), 30_000)),
+      ]);
+      if (status === null) dev.process.kill("SIGKILL");
+      assert.ok(status, `local/dev.sh stops on SIGTERM:\n${dev.output()}`);
+    }
+    const [after] = await db`select incident_window::text as w from public.assignment_settings`;
+    await closeStack();
+    assert.equal(after.w, before.w, "the demo restores the incident window");
   },
 });

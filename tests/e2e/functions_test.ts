@@ -757,6 +757,8 @@ test("a fleet-wide failure is an incident: owners wait at no cost, and the next 
     assert.equal(body.status, "pending");
     assert.equal(body.reason, "fleet_incident");
     assert.equal(body.last_error_code, "version_outdated");
+    assert.equal(body.incident.code, "version_outdated", "the response names the incident");
+    assert.ok(Date.parse(body.incident.since) <= Date.now(), "and when it started");
     assert.equal(body.retry_after_ms, 5000);
 
     const again = await fn("reassign-device", {

@@ -219,6 +219,7 @@ Deno.test("json format maps the SQL result to the contract body with a PNG data 
   const body = await response.json();
   assert.deepEqual(Object.keys(body).sort(), [
     "device_id",
+    "incident",
     "last_error_code",
     "pairing_code",
     "qr",
@@ -249,6 +250,16 @@ Deno.test("a pending device with no live server is 200 pending with reason no_ac
   assert.equal(body.reason, "no_active_servers");
   assert.equal(body.qr, null);
   assert.equal(body.server, null);
+});
+
+Deno.test("a device a fleet incident holds names the incident", async () => {
+  const incident = { code: "version_outdated", since: "2026-12-05T10:00:00+00:00" };
+  const { handler } = handlerFor(() =>
+    sqlQrState({ reason: "fleet_incident", retry_after_ms: 5000, incident })
+  );
+  const body = await (await handler(request(`${URL_BASE}?device_id=${DEVICE_ID}`))).json();
+  assert.equal(body.reason, "fleet_incident");
+  assert.deepEqual(body.incident, incident);
 });
 
 Deno.test("a reassignment done by the SQL call is reported as reassigned", async () => {

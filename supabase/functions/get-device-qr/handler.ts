@@ -75,6 +75,7 @@ const SqlQrState = z.object({
   retry_after_ms: z.number().nullish(),
   last_error_code: z.string().nullish(),
   pairing_code: z.object({ code: z.string(), expires_at: z.string() }).nullish(),
+  incident: z.object({ code: z.string(), since: z.string() }).nullish(),
 });
 type SqlQrState = z.infer<typeof SqlQrState>;
 
@@ -258,6 +259,7 @@ async function qrBody(images: QrImages, state: SqlQrState) {
     retry_after_ms: state.retry_after_ms ?? null,
     last_error_code: state.last_error_code ?? null,
     pairing_code: state.pairing_code ?? null,
+    incident: state.incident ?? null,
   };
 }
 
