@@ -4,7 +4,7 @@
  * the fleet tests, the reliability suite and the benchmarks.
  *
  * `new Fleet({...}).start(3)`, then `kill`, `partition`, `heal`, `restart`,
- * `add`, `scan`, `setWhatsAppOutage`, and `events` / `waitFor` to observe the workers. Its HTTP
+ * `add`, `scan`, `setWhatsAppOutage`, `failDevice`, and `events` / `waitFor` to observe the workers. Its HTTP
  * control is fleet_control.ts; the program with a command line, fleet_cli.ts.
  */
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
@@ -200,12 +200,13 @@ export class Fleet {
     );
   }
 
-  /** Send `command` to every live worker; the first `connected` answer names the one that linked. */
+  /** Send `command` to every live worker; the first answer with `done` true names the one that did it. */
   async #askAll(
     command: string,
     resultType: string,
     deviceId: string,
     timeoutMs: number,
+    done = "connected",
   ): Promise<string | null> {
     const alive = [...this.#workers.values()].filter((w) =>
       w.info.state === "running" || w.info.state === "partitioned"
@@ -219,9 +220,9 @@ export class Fleet {
         return false;
       }
       answered.add(event.worker);
-      return event.connected === true || answered.size >= alive.length;
+      return event[done] === true || answered.size >= alive.length;
     }, timeoutMs).catch(() => null);
-    return found?.connected === true ? found.worker : null;
+    return found?.[done] === true ? found.worker : null;
   }
 
   /** The failure class simulated WhatsApp refuses every connection with, or null. */
@@ -231,8 +232,8 @@ export class Fleet {
 
   /**
    * Break WhatsApp for the whole fleet: every worker, and every one started
-   * later, fails each pairing attempt and resume with `code` (worker/pairing.ts,
-   * Outages) until this is called with null. Resolves once every live worker
+   * later, fails each pairing attempt with `code` (worker/pairing.ts,
+   * Failures) until this is called with null. Resolves once every live worker
    * said so.
    */
   async setWhatsAppOutage(code: FailureClass | null, timeoutMs = 5_000): Promise<void> {
@@ -253,6 +254,14 @@ export class Fleet {
       }
       return alive.every((w) => told.has(w.info.name));
     }, timeoutMs);
+  }
+
+  /**
+   * The pairing attempt of the device fails with `code` on the worker that
+   * runs it, and nowhere else. Returns that worker's name, or null.
+   */
+  failDevice(deviceId: string, code: FailureClass, timeoutMs = 5_000): Promise<string | null> {
+    return this.#askAll(`fail ${deviceId} ${code}`, "fail_result", deviceId, timeoutMs, "failed");
   }
 
   list(): FleetWorkerInfo[] {

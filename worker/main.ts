@@ -18,8 +18,9 @@
  * stdin, one command a line: `scan <device_id>`, `enter-code <device_id> <code>`, `partition` (heartbeats and
  * claims cut, self-fencing suspended: a server that believes it is still live),
  * `partition self-fence` (same cut, the worker fences itself as it should),
- * `heal`, `whatsapp <failure class>` (WhatsApp refuses every connection with it:
- * pairing.ts, Outages), `whatsapp ok`, `status`. stdout: one JSON object a line per worker event.
+ * `heal`, `whatsapp <failure class>` (WhatsApp refuses every pairing attempt
+ * with it: pairing.ts, Failures), `whatsapp ok`, `fail <device_id> <failure class>`
+ * (this server's attempt for that device fails), `status`. stdout: one JSON object a line per worker event.
  * SIGTERM or SIGINT: graceful `server_shutdown`, then exit 0; so does the end of
  * stdin when WORKER_EXIT_ON_STDIN_EOF=1.
  */
@@ -150,6 +151,15 @@ async function handle(line: string): Promise<void> {
       }
       whatsapp.setOutage(outage);
       emit({ type: "whatsapp", outage });
+      break;
+    }
+    case "fail": {
+      const failure = code as FailureClass;
+      emit({
+        type: "fail_result",
+        deviceId: arg,
+        failed: FAILURE_CLASSES.includes(failure) && await whatsapp.fail(arg ?? "", failure),
+      });
       break;
     }
     case "status":

@@ -13,10 +13,12 @@
  * reads them back and reconnects without a QR, or reports `logged_out` when
  * there are none.
  *
- * Outages: `setOutage(code)` makes WhatsApp refuse every connection with that
- * failure class, as when it stops accepting a client version: each pairing
- * attempt and each resume reports `error` with `"<code>: <text>"` at once, and
- * every new one after it, until `setOutage(null)`. Linked sessions stay up.
+ * Failures: `setOutage(code)` makes WhatsApp refuse every pairing attempt with
+ * that failure class, as when it stops accepting a client version: each one
+ * reports `error` with `"<code>: <text>"` at its next step, and every new one
+ * after it, until `setOutage(null)`. Linked sessions and resumes are left
+ * alone. `fail(deviceId, code)` fails one pairing attempt the same way: a
+ * failure on one server alone.
  *
  * Pairing codes: asked for a code for a phone number, the socket answers with
  * 8 characters of Baileys' alphabet after a round trip; the code is usable
@@ -156,8 +158,8 @@ export const DEFAULT_SIMULATOR_CONFIG: SimulatorConfig = {
   pairingCodeTtlMs: 120_000,
 };
 
-/** The text a simulated outage's failure reports carry after their code. */
-export const OUTAGE_TEXT = "WhatsApp closed the connection (simulated fleet-wide outage)";
+/** The text a simulated failure report carries after its code. */
+export const FAILURE_TEXT = "WhatsApp closed the connection (simulated)";
 
 /** The session store key of a device's credentials (Baileys' `creds`). */
 export const CREDS = { type: "creds", id: "creds" } as const;
@@ -212,21 +214,46 @@ export class SimulatedWhatsApp implements DeviceHandler {
     }
   }
 
-  /** The failure class WhatsApp answers every new connection with, or null. */
+  /** The failure class WhatsApp answers every pairing attempt with, or null. */
   get outage(): FailureClass | null {
     return this.#outage;
   }
 
   /**
-   * WhatsApp fails every connection with `code` from now on (null: it works
-   * again). Open pairing attempts and resumes fail at the next tick, as
-   * sockets WhatsApp closed would.
+   * WhatsApp fails every pairing attempt with `code` from now on (null: it
+   * works again). Open attempts fail at the next tick, as sockets WhatsApp
+   * closed would.
    */
   setOutage(code: FailureClass | null): void {
     this.#outage = code;
     if (!code) return;
     for (const socket of this.#sockets.values()) {
-      if (socket.device.phase !== "linked") socket.nextActionAt = this.clock.now();
+      if (socket.device.phase === "pairing") socket.nextActionAt = this.clock.now();
+    }
+  }
+
+  /**
+   * This server's pairing attempt for the device fails with `code` (a
+   * failure on one server alone). False when it pairs no such device or the
+   * report did not go through.
+   */
+  async fail(deviceId: string, code: FailureClass): Promise<boolean> {
+    const socket = this.#sockets.get(deviceId);
+    // A QR being published finishes first, as a socket's events come one at a time.
+    for (let tick = 0; socket?.busy && tick < 20; tick++) {
+      await this.clock.sleep(this.config.tickMs);
+    }
+    if (!socket || socket.busy || socket.device.phase !== "pairing") return false;
+    if (this.#sockets.get(deviceId) !== socket) return false;
+    socket.busy = true;
+    try {
+      await socket.device.reportStatus("error", `${code}: ${FAILURE_TEXT}`);
+      return true;
+    } catch (error) {
+      this.#failed("fail", error);
+      return false;
+    } finally {
+      socket.busy = false;
     }
   }
 
@@ -317,10 +344,10 @@ export class SimulatedWhatsApp implements DeviceHandler {
   async #advance(socket: SimulatedSocket): Promise<void> {
     socket.busy = true;
     try {
-      if (this.#outage) {
-        await socket.device.reportStatus("error", `${this.#outage}: ${OUTAGE_TEXT}`);
-      } else if (socket.device.phase === "resuming") await this.#resume(socket);
-      else if (socket.qrsShown < this.config.pairing.maxQrs) {
+      if (socket.device.phase === "resuming") await this.#resume(socket);
+      else if (this.#outage) {
+        await socket.device.reportStatus("error", `${this.#outage}: ${FAILURE_TEXT}`);
+      } else if (socket.qrsShown < this.config.pairing.maxQrs) {
         await this.#publishNext(socket);
       } else await socket.device.reportStatus("qr_timeout");
     } catch (error) {

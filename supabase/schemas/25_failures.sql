@@ -90,7 +90,10 @@ $$;
 
 -- A server reported a failure of class p_code: remember it, and open an
 -- incident when at least half of the live servers, and two, reported it within
--- the window. Returns the open incident of that code, if any.
+-- the window, or at once when an incident of that code ended quiet within the
+-- window: a quiet end only tries whether the failure is over, and one report
+-- says it is not (the devices it released may all sit on one server now).
+-- Returns the open incident of that code, if any.
 create or replace function device_assignment.note_failure(p_server_id uuid, p_code text)
 returns device_assignment.fleet_incidents
 language plpgsql
@@ -125,7 +128,9 @@ begin
   where r.code = p_code and r.reported_at >= now() - v_window
     and exists (select from device_assignment.live_servers l where l.id = r.server_id);
   select count(*) into v_live from device_assignment.live_servers;
-  if coalesce(cardinality(v_servers), 0) >= greatest(2, ceil(v_live / 2.0)) then
+  if coalesce(cardinality(v_servers), 0) >= greatest(2, ceil(v_live / 2.0))
+     or exists (select from device_assignment.fleet_incidents i
+                 where i.code = p_code and i.ended_by = 'quiet' and i.ended_at >= now() - v_window) then
     insert into device_assignment.fleet_incidents (code, servers)
     values (p_code, v_servers)
     returning * into v_incident;

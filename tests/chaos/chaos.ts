@@ -31,6 +31,10 @@
  *      epoch. (A server SIGKILLed and restarted under its name before its
  *      lease lapses keeps its id, so the database never fails its linked
  *      devices over, while the new process holds none of them.)
+ *   9. WhatsApp failing on every server is a fleet incident: a device it holds
+ *      is moved at most once while it lasts, never runs out of budget for it,
+ *      and shows a QR within one poll once it ends (incidents.ts);
+ *   9b. a failure on one server alone is retried on another.
  *
  * Users scan some QRs, so linked devices meet the kills and partitions: their
  * sessions fail over to live servers, which resume them from the store, and
@@ -47,6 +51,7 @@
  *   deno run -A tests/chaos/chaos.ts --seconds 120 [--workers 4] [--devices 30]
  *     [--users 4] [--seed 42] [--heartbeat-timeout 4] [--exclusive] [--inject-violations]
  *     [--private] [--db-restart [--outage-seconds 5]]
+ *     [--whatsapp-outage-seconds 6] [--incident-window 3]
  *
  * `--private` runs on a stack of its own (a copy of supabase/ and local/ on free
  * ports, see private_stack.ts); `--db-restart` does too, and stops PostgreSQL
@@ -130,7 +135,8 @@ async function chaosOn(
   const { allDeviceIds, baseline, sessions } = invariants;
 
   // --- the world: users, their connecting devices, a fleet ------------------------------
-  const [previous] = await db`select heartbeat_timeout from public.assignment_settings`;
+  const [previous] = await db`
+    select heartbeat_timeout, incident_window from public.assignment_settings`;
   const [{ t0 }] = await db`select clock_timestamp() as t0`;
   const owners: Owner[] = [];
   let fleet: Fleet | null = null;
@@ -140,7 +146,8 @@ async function chaosOn(
 
   try {
     await db`update public.assignment_settings
-             set heartbeat_timeout = make_interval(secs => ${options.heartbeatTimeoutS})`;
+             set heartbeat_timeout = make_interval(secs => ${options.heartbeatTimeoutS}),
+                 incident_window = make_interval(secs => ${options.incidentWindowS})`;
     for (let u = 0; u < options.users; u++) {
       const user = await createUser(`${tag}-user${u}@example.test`);
       owners.push({ id: user.id, token: await mintAccessToken(user.id), devices: [] });
@@ -189,18 +196,6 @@ async function chaosOn(
     const deadline = started + options.seconds * 1000;
     const f = fleet;
 
-    // --- snapshots: what the invariants read, every 200 ms --------------------------------
-    const snapshotLoop = (async () => {
-      while (!stop.signal.aborted) {
-        const rows = await invariants.snapshot(db);
-        if (rows) {
-          invariants.checkSnapshot(rows);
-          await invariants.checkHolders(db);
-        }
-        await sleep(200, stop.signal);
-      }
-    })();
-
     // --- faults, drawn from the same seeded generator ---------------------------------------
     const run = new Faults({
       options,
@@ -218,6 +213,19 @@ async function chaosOn(
       deadline,
     });
     faults = run;
+
+    // --- snapshots: what the invariants read, every 200 ms --------------------------------
+    const snapshotLoop = (async () => {
+      while (!stop.signal.aborted) {
+        const rows = await invariants.snapshot(db);
+        if (rows) {
+          invariants.checkSnapshot(rows);
+          run.failures.observe(rows);
+          await invariants.checkHolders(db);
+        }
+        await sleep(200, stop.signal);
+      }
+    })();
 
     // --- users: poll their QRs, ask for reassignment when told to ------------------------
     const linkTarget = Math.ceil(options.devices / 2);
@@ -268,10 +276,13 @@ async function chaosOn(
     stop.abort();
     await snapshotLoop;
     invariants.checkSettled(Date.now() - settleStart);
+    await run.failures.check(db, t0);
   } finally {
     stop.abort();
     if (fleet) await fleet.stopAll(3_000).catch((error) => log(`stopAll: ${error}`));
-    await db`update public.assignment_settings set heartbeat_timeout = ${previous.heartbeat_timeout}`
+    await db`update public.assignment_settings
+             set heartbeat_timeout = ${previous.heartbeat_timeout},
+                 incident_window = ${previous.incident_window}`
       .catch((error) => log(`settings not restored: ${error.message}`));
   }
 
@@ -310,6 +321,15 @@ async function chaosOn(
     longestOrphanMs: invariants.longestOrphanMs,
     longestOrphanWithRoomMs: invariants.longestOrphanWithRoomMs,
     orphanEpisodes: invariants.orphanEpisodes,
+    incidents: faults?.failures.figures ?? {
+      outageMs: 0,
+      incidents: [],
+      devicesHeld: 0,
+      mostMovesWhileHeld: 0,
+      recoveryMs: [],
+      recoveryBoundMs: 0,
+      singleFailure: "not run",
+    },
     violations: invariants.violations,
     report: "",
   };
@@ -340,6 +360,8 @@ function parseArgs(args: string[]): Partial<ChaosOptions> {
     "--poll-ms": "workerPollMs",
     "--orphan-bound-ms": "orphanBoundMs",
     "--outage-seconds": "outageSeconds",
+    "--whatsapp-outage-seconds": "whatsappOutageSeconds",
+    "--incident-window": "incidentWindowS",
   };
   for (let i = 0; i < args.length; i++) {
     const arg = args[i];

@@ -35,6 +35,13 @@ Deno.test({
     assert.ok(sessions.linked >= 3, `only ${sessions.linked} devices linked`);
     assert.ok(sessions.failovers >= 1 && sessions.resumesConnected >= 1, result.report);
     assert.ok(sessions.writesFenced + sessions.staleProbes.fenced >= 1, result.report);
+    // WhatsApp broke for every server: the database held the failed devices in
+    // an incident and let them go when it was mended; one server failing alone
+    // was retried elsewhere.
+    assert.ok(result.incidents.incidents.length >= 1, result.report);
+    assert.ok(result.incidents.devicesHeld >= 2, result.report);
+    assert.ok(result.incidents.recoveryMs.length >= 1, result.report);
+    assert.match(result.incidents.singleFailure, /^retried on another server/, result.report);
     // Every invariant holds, 8b included: a server restarted under its name
     // before its lease lapsed hands its linked devices to its new process
     // (server_heartbeat's instance id).
@@ -45,7 +52,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "the chaos checks report a stale QR, a doubly owned epoch, an epoch that went back, a linked device without creds and a session entry nobody may write",
+    "the chaos checks report a stale QR, a doubly owned epoch, an epoch that went back, a linked device without creds, a session entry nobody may write and a held device moved twice",
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
@@ -64,5 +71,6 @@ Deno.test({
     assert.ok(result.violations.rows_intact.length >= 1, result.report);
     assert.ok(result.violations.session_kept.length >= 1, result.report);
     assert.ok(result.violations.session_write.length >= 1, result.report);
+    assert.ok(result.violations.fleet_incident.length >= 1, result.report);
   },
 });

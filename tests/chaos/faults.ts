@@ -13,6 +13,7 @@ import type { Fleet } from "../../worker/fleet.ts";
 import type { Invariants } from "./invariants.ts";
 import { bump, callFunction, type ChaosOptions, type Owner, rpc, sleep } from "./model.ts";
 import type { PrivateStack } from "./private_stack.ts";
+import { FleetFailures } from "./incidents.ts";
 
 export interface FaultContext {
   options: ChaosOptions;
@@ -48,9 +49,14 @@ export class Faults {
   #injected: boolean;
   #linkedPartitioned = false;
   #outageDone = false;
+  #singleFailureDone = false;
+  #whatsappDone = false;
+  /** WhatsApp's own failures, fleet-wide and on one server (incidents.ts). */
+  readonly failures: FleetFailures;
 
   constructor(private readonly ctx: FaultContext) {
     this.#injected = !ctx.options.injectViolations;
+    this.failures = new FleetFailures(ctx, this.counts);
   }
 
   count(what: string, status: string): void {
@@ -87,6 +93,18 @@ export class Faults {
         this.#outageDone = true;
         await this.#databaseOutage(this.ctx.privateStack);
         continue;
+      }
+      if (!this.#singleFailureDone && Date.now() > started + options.seconds * 250) {
+        this.#singleFailureDone = true;
+        await this.failures.singleFailure();
+      }
+      // In the background: the other faults go on while WhatsApp is down.
+      if (
+        options.whatsappOutageSeconds > 0 && !this.#whatsappDone &&
+        Date.now() > started + options.seconds * 600
+      ) {
+        this.#whatsappDone = true;
+        this.#later(0, () => this.failures.outage());
       }
       await sleep(between(500, 1_500));
       if (Date.now() >= deadline) break;

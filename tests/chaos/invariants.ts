@@ -33,6 +33,8 @@ export class Invariants {
     session_write: [],
     session_kept: [],
     session_held: [],
+    fleet_incident: [],
+    failure_retried: [],
   };
   readonly sessions: SessionFigures = {
     linked: 0,
@@ -140,6 +142,9 @@ export class Invariants {
                      where s.device_id = d.id and s.type = 'chaos-probe') as probe_landed,
              exists (select from device_assignment.live_servers l
                      where l.id = d.assigned_server_id) as on_live_server,
+             d.status = 'error' and exists (select from device_assignment.fleet_incidents i
+                                            where i.ended_at is null and i.code = d.last_error)
+               as held,
              clock_timestamp() as at
       from public.devices d, room
       where d.id = any(${this.allDeviceIds}::uuid[])`.catch((error) => {

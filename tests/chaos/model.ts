@@ -4,6 +4,7 @@
  * Shared by chaos.ts (the run), invariants.ts, faults.ts and report.ts.
  */
 import type { Stack } from "../e2e/harness.ts";
+import type { IncidentFigures } from "./incidents.ts";
 
 export interface ChaosOptions {
   seconds: number;
@@ -32,6 +33,10 @@ export interface ChaosOptions {
   /** Run on a private stack even without a restart (implied by dbRestart). */
   privateStack: boolean;
   outageSeconds: number;
+  /** Break WhatsApp for every worker once, 60% in, for this long (0: never; incidents.ts). */
+  whatsappOutageSeconds: number;
+  /** `assignment_settings.incident_window` for the run, seconds; restored after. */
+  incidentWindowS: number;
   /** After the database is back, the functions must answer 200 again within this. */
   recoveryBoundMs: number;
   reportPath: string;
@@ -52,6 +57,8 @@ export const DEFAULTS: ChaosOptions = {
   dbRestart: false,
   privateStack: false,
   outageSeconds: 5,
+  whatsappOutageSeconds: 6,
+  incidentWindowS: 3,
   recoveryBoundMs: 15_000,
   reportPath: "test-results/chaos-report.md",
   log: (line) => console.error(line),
@@ -68,6 +75,9 @@ export const INVARIANTS = {
   session_write: "7. no session write accepted from a non-owner",
   session_kept: "8. no session lost while its device is linked",
   session_held: "8b. every linked device is held by a live worker of the server the database names",
+  fleet_incident:
+    "9. WhatsApp failing everywhere is an incident: a held device moves at most once, never runs out of budget for it, and shows a QR within one poll of its end",
+  failure_retried: "9b. a failure on one server alone is retried on another",
 } as const;
 export type Invariant = keyof typeof INVARIANTS;
 
@@ -91,6 +101,7 @@ export interface ChaosResult {
   longestOrphanMs: number;
   longestOrphanWithRoomMs: number;
   orphanEpisodes: number;
+  incidents: IncidentFigures;
   violations: Record<Invariant, string[]>;
   report: string;
 }
@@ -170,6 +181,8 @@ export interface SnapshotRow {
   has_creds: boolean;
   probe_landed: boolean;
   on_live_server: boolean;
+  /** Failed with the code of an open fleet incident, which holds it. */
+  held: boolean;
   at: Date;
 }
 

@@ -66,6 +66,30 @@ export function renderReport(r: ChaosResult, orphanBoundMs: number): string {
         "",
       ]
       : []),
+    ...(r.options.whatsappOutageSeconds > 0
+      ? [
+        "## WhatsApp failures",
+        "",
+        `- WhatsApp broken for every server for ${r.incidents.outageMs} ms (version_outdated)`,
+        `- fleet incidents: ${r.incidents.incidents.length} (${
+          r.incidents.incidents.map((i) =>
+            `ended by ${
+              i.endedBy ?? "nothing yet"
+            } after ${i.durationMs} ms, ${i.released} released`
+          ).join("; ") || "none"
+        })`,
+        `- devices held: ${r.incidents.devicesHeld}; most moves of one while held: ${r.incidents.mostMovesWhileHeld}`,
+        `- QR again after the incident ended: ${
+          r.incidents.recoveryMs.length
+            ? `max ${
+              Math.max(...r.incidents.recoveryMs)
+            } ms over ${r.incidents.recoveryMs.length} devices`
+            : "no device to time"
+        } (bound ${r.incidents.recoveryBoundMs} ms)`,
+        `- one server failing alone: ${r.incidents.singleFailure}`,
+        "",
+      ]
+      : []),
     "## Fencing",
     "",
     `- worker publishes accepted: ${r.publishesAccepted}, fenced: ${r.publishesFenced}`,

@@ -3,7 +3,7 @@
 -- that holds its devices at no cost and releases them when it ends.
 begin;
 \ir reset_fleet.psql
-select plan(26);
+select plan(28);
 
 select tests.create_user('owner');
 select tests.create_server('srv-a'), tests.create_server('srv-b'), tests.create_server('srv-c');
@@ -124,6 +124,20 @@ select ok((select status = 'connecting' and last_error is null and reassign_coun
   'and the device is pairing on a live server again: one move from a whole budget');
 select is((select ended_by from device_assignment.fleet_incidents where code = 'rate_limited'),
   'quiet', 'audited as ended by the quiet window');
+
+-- A quiet end is a probe: one server failing the same way right after reopens it.
+select tests.create_device('phone-r', 'owner', 'connecting', 'srv-a', 1);
+select tests.as_backend('srv-a');
+select public.report_device_status(tests.id('phone-r'), tests.id('srv-a'), 1, 'error',
+  'rate_limited: still refused');
+select tests.as_system();
+select is((select count(*)::int from device_assignment.fleet_incidents
+            where code = 'rate_limited' and ended_at is null), 1,
+  'one report within the window after a quiet end opens the incident again');
+select tests.as_user('owner');
+select is(public.get_device_qr(tests.id('phone-r')) ->> 'reason', 'fleet_incident',
+  'and holds the device it failed');
+select tests.as_system();
 
 insert into device_assignment.fleet_incidents (code, servers)
 values ('server_error', array[tests.id('srv-b'), tests.id('srv-c')]);

@@ -1,0 +1,254 @@
+/**
+ * Failures of WhatsApp itself in a chaos run, and invariants 9 and 9b.
+ *
+ * - A fleet-wide outage: once, 60% of the way in, every worker's simulated
+ *   WhatsApp fails each pairing attempt with `version_outdated` for
+ *   `whatsappOutageSeconds`, then is mended. The database must see a fleet
+ *   incident (or several: one that goes quiet while WhatsApp is still broken
+ *   ends, and the next failures open another). Invariant 9: each device an
+ *   incident held is moved at most once while it lasts (operators' own moves
+ *   aside), no device it held ever reaches `max_reassignments_exceeded`, and
+ *   every device released after WhatsApp was mended shows a QR again within
+ *   one worker poll (plus its QR generation, a snapshot period and a second
+ *   of scheduling on a shared machine).
+ * - A failure on one server alone: a quarter of the way in, one worker's
+ *   pairing attempt fails with `connection_failure`; the maintenance pass
+ *   (run here, as pg_cron would) must move the device to another live
+ *   server, audited `server_failure` (invariant 9b).
+ */
+import type postgres from "postgres";
+import type { FaultContext } from "./faults.ts";
+import { bump, sleep, type SnapshotRow } from "./model.ts";
+
+/** The chaos fleet's QR_GENERATION_MS (chaos.ts). */
+const QR_GENERATION_MS = 150;
+const SNAPSHOT_MS = 200;
+const SCHEDULING_SLACK_MS = 1_000;
+
+export interface IncidentFigures {
+  outageMs: number;
+  incidents: { id: number; endedBy: string | null; released: number; durationMs: number }[];
+  devicesHeld: number;
+  /** The most moves of one held device while its incident lasted. */
+  mostMovesWhileHeld: number;
+  /** From an incident's end (after the mend) to each released device's QR, ms. */
+  recoveryMs: number[];
+  recoveryBoundMs: number;
+  singleFailure: string;
+}
+
+export class FleetFailures {
+  readonly figures: IncidentFigures;
+  #brokenAt: Date | null = null;
+  #mendedAt: Date | null = null;
+  /** Snapshot times at which each device showed a QR or was connected. */
+  #readyAt = new Map<string, number[]>();
+  #everHeld = new Set<string>();
+  #exceeded = new Set<string>();
+
+  constructor(
+    private readonly ctx: FaultContext,
+    private readonly counts: Record<string, number>,
+  ) {
+    this.figures = {
+      outageMs: 0,
+      incidents: [],
+      devicesHeld: 0,
+      mostMovesWhileHeld: 0,
+      recoveryMs: [],
+      recoveryBoundMs: ctx.options.workerPollMs + QR_GENERATION_MS + SNAPSHOT_MS +
+        SCHEDULING_SLACK_MS,
+      singleFailure: "not run",
+    };
+  }
+
+  /** Every snapshot: who is held, who shows a QR, who ran out of budget. */
+  observe(rows: SnapshotRow[]): void {
+    for (const row of rows) {
+      if (row.held) this.#everHeld.add(row.id);
+      if (row.last_error?.startsWith("max_reassignments_exceeded")) this.#exceeded.add(row.id);
+      if ((row.status === "connecting" && row.has_qr) || row.status === "connected") {
+        const times = this.#readyAt.get(row.id) ?? [];
+        times.push(row.at.getTime());
+        this.#readyAt.set(row.id, times);
+      }
+    }
+  }
+
+  /** Breaks WhatsApp for the whole fleet, waits, mends it. */
+  async outage(): Promise<void> {
+    const { fleet, options, log } = this.ctx;
+    const counts = this.counts;
+    this.#brokenAt = new Date();
+    await fleet.setWhatsAppOutage("version_outdated");
+    bump(counts, "WhatsApp broken for every server (version_outdated)");
+    log(`WhatsApp broken for ${options.whatsappOutageSeconds} s`);
+    const mendAt = Date.now() + options.whatsappOutageSeconds * 1000;
+    if (options.injectViolations) await this.#injectMoves(mendAt);
+    await sleep(Math.max(0, mendAt - Date.now()));
+    await fleet.setWhatsAppOutage(null);
+    this.#mendedAt = new Date();
+    this.figures.outageMs = this.#mendedAt.getTime() - this.#brokenAt.getTime();
+    bump(counts, "WhatsApp mended");
+  }
+
+  /**
+   * The self-check: two moves of a device the incident holds, written behind
+   * the API's back, which invariant 9 must report.
+   */
+  async #injectMoves(until: number): Promise<void> {
+    const { db, invariants } = this.ctx;
+    while (Date.now() < until) {
+      const held = invariants.lastRows.find((row) => row.held);
+      if (held) {
+        await db`
+          insert into public.device_assignment_events (device_id, from_server_id, to_server_id,
+                                                       epoch, reason, actor)
+          select d.id, d.assigned_server_id, d.assigned_server_id, d.assignment_epoch,
+                 'server_failure', 'chaos self-check'
+          from public.devices d, generate_series(1, 2) where d.id = ${held.id}`;
+        invariants.corrupted.add(held.id);
+        bump(this.counts, "self-check corruptions (expected violations)");
+        return;
+      }
+      await sleep(SNAPSHOT_MS);
+    }
+  }
+
+  /**
+   * One pairing attempt fails on its server alone; maintenance must retry it
+   * elsewhere. Tries a few devices: faults may move one before maintenance.
+   */
+  async singleFailure(): Promise<void> {
+    const { fleet, db, invariants, pick } = this.ctx;
+    for (let attempt = 1; attempt <= 10; attempt++) {
+      if (attempt > 1) await sleep(300);
+      const pairing = invariants.lastRows.filter((r) =>
+        r.status === "connecting" && r.has_qr && r.on_live_server
+      );
+      if (pairing.length === 0) {
+        this.figures.singleFailure = "skipped: no device pairing on a live server";
+        continue;
+      }
+      const device = pick(pairing);
+      const worker = await fleet.failDevice(device.id, "connection_failure", 3_000);
+      if (!worker) {
+        this.figures.singleFailure = "skipped: its worker no longer paired it";
+        this.ctx.log(`single failure: no worker paired ${device.id} (attempt ${attempt})`);
+        continue;
+      }
+      bump(this.counts, "pairing attempt failed on one server (connection_failure)");
+      const [row] = await db`
+        select status, last_error, assigned_server_id,
+               (select count(*)::int from device_assignment.live_servers l
+                 where l.id <> d.assigned_server_id) as other_live
+        from public.devices d where d.id = ${device.id}`;
+      if (row.status !== "error" || row.last_error !== "connection_failure") {
+        this.figures.singleFailure = `skipped: the device moved on (${row.status})`;
+        continue;
+      }
+      const [{ at }] = await db`select clock_timestamp() as at`;
+      await db`select public.run_assignment_maintenance()`;
+      const [move] = await db`
+        select e.to_server_id from public.device_assignment_events e
+        where e.device_id = ${device.id} and e.reason = 'server_failure'
+          and e.from_server_id = ${row.assigned_server_id} and e.created_at >= ${at}`;
+      if (move?.to_server_id && move.to_server_id !== row.assigned_server_id) {
+        this.figures.singleFailure = `retried on another server after failing on ${worker}`;
+      } else if (row.other_live > 0) {
+        invariants.violate(
+          "failure_retried",
+          `device ${device.id} failed with connection_failure on ${worker} alone and ` +
+            `maintenance did not move it, with ${row.other_live} other live servers`,
+        );
+        this.figures.singleFailure = "not retried";
+      } else this.figures.singleFailure = "skipped: no other live server";
+      return;
+    }
+  }
+
+  /** Invariant 9, from the incidents and audit rows of the run and the snapshots. */
+  async check(db: postgres.Sql, t0: Date): Promise<void> {
+    if (!this.#brokenAt || !this.#mendedAt) return;
+    const { invariants } = this.ctx;
+    const ours = invariants.allDeviceIds;
+    const incidents = await db`
+      select i.id, i.code, i.started_at, i.ended_at, i.ended_by,
+             coalesce(array_agg(e.device_id) filter (where e.device_id is not null), '{}') as released
+      from device_assignment.fleet_incidents i
+      left join public.device_assignment_events e
+        on e.reason = 'fleet_incident_ended' and e.actor = 'incident ' || i.id
+       and e.device_id = any(${ours}::uuid[])
+      where i.started_at >= ${t0}
+      group by i.id order by i.id`;
+    if (incidents.length === 0) {
+      invariants.violate(
+        "fleet_incident",
+        `WhatsApp failed every pairing for ${this.figures.outageMs} ms and no incident opened`,
+      );
+    }
+    for (const incident of incidents) {
+      const released: string[] = incident.released;
+      const endedAt: Date | null = incident.ended_at;
+      this.figures.incidents.push({
+        id: Number(incident.id),
+        endedBy: incident.ended_by,
+        released: released.length,
+        durationMs: (endedAt?.getTime() ?? Date.now()) - incident.started_at.getTime(),
+      });
+      if (!endedAt) {
+        // Quiet for its window, it ends at the next request or maintenance pass:
+        // a run that stops soon after the mend may not have seen either.
+        const openMs = Date.now() - this.#mendedAt.getTime();
+        if (openMs > this.ctx.options.incidentWindowS * 1000 + 5_000) {
+          invariants.violate(
+            "fleet_incident",
+            `incident ${incident.id} (${incident.code}) still open ${openMs} ms after ` +
+              `WhatsApp was mended`,
+          );
+        }
+        continue;
+      }
+      for (const device of released) this.#everHeld.add(device);
+      const moves = await db`
+        select e.device_id, count(*)::int as moves from public.device_assignment_events e
+        where e.device_id = any(${released}::uuid[])
+          and e.created_at >= ${incident.started_at} and e.created_at < ${endedAt}
+          and e.reason not in ('claimed', 'session_failover', 'fleet_incident_ended', 'operator')
+        group by e.device_id`;
+      for (const { device_id, moves: n } of moves) {
+        this.figures.mostMovesWhileHeld = Math.max(this.figures.mostMovesWhileHeld, n);
+        if (n > 1) {
+          invariants.violate(
+            "fleet_incident",
+            `device ${device_id} was moved ${n} times while incident ${incident.id} held it`,
+          );
+        }
+      }
+      // Released while WhatsApp was still broken, a device fails again: no recovery to time.
+      if (endedAt < this.#mendedAt) continue;
+      for (const device of released) {
+        const ready = (this.#readyAt.get(device) ?? []).find((at) => at >= endedAt.getTime());
+        const took = ready === undefined ? null : ready - endedAt.getTime();
+        if (took !== null) this.figures.recoveryMs.push(took);
+        if (took === null || took > this.figures.recoveryBoundMs) {
+          invariants.violate(
+            "fleet_incident",
+            `device ${device} released by incident ${incident.id} showed no QR ` +
+              `${took === null ? "before the run ended" : `for ${took} ms`} ` +
+              `(bound ${this.figures.recoveryBoundMs} ms)`,
+          );
+        }
+      }
+    }
+    this.figures.devicesHeld = this.#everHeld.size;
+    for (const device of this.#exceeded) {
+      if (this.#everHeld.has(device)) {
+        invariants.violate(
+          "fleet_incident",
+          `device ${device}, held by a fleet incident, reached max_reassignments_exceeded`,
+        );
+      }
+    }
+  }
+}
