@@ -140,7 +140,9 @@ end;
 $$;
 
 -- Ends every open incident (p_code null) or one, and sends the devices each
--- held back to pairing, unassigned, with a fresh budget: no owner acts.
+-- held back to the claim queue, unassigned, with a fresh budget: no owner
+-- acts. A device with a stored session (its resume failed) is resumed, not
+-- paired again: it goes back `reconnecting`, as a failover does.
 create or replace function device_assignment.end_incidents(p_ended_by text, p_code text default null)
 returns integer
 language plpgsql
@@ -149,6 +151,8 @@ as $$
 declare
   v_incident device_assignment.fleet_incidents;
   v_ids uuid[];
+  v_resume uuid[];
+  v_pair uuid[];
   v_ended integer := 0;
 begin
   for v_incident in
@@ -157,13 +161,19 @@ begin
     order by i.id
     for update skip locked
   loop
-    select array_agg(l.id) into v_ids
-    from (select d.id from public.devices d
+    select array_agg(l.id), array_agg(l.id) filter (where l.has_session) into v_ids, v_resume
+    from (select d.id, exists (select from device_assignment.device_sessions s
+                                where s.device_id = d.id and s.type = 'creds') as has_session
+           from public.devices d
            where d.status = 'error' and d.last_error = v_incident.code
            order by d.id for update skip locked) l;
+    v_pair := array(select unnest(v_ids) except select unnest(v_resume));
     perform from device_assignment.move_devices(
-      v_ids, array_fill(null::uuid, array[coalesce(cardinality(v_ids), 0)]),
+      v_pair, array_fill(null::uuid, array[cardinality(v_pair)]),
       'fleet_incident_ended', 'incident ' || v_incident.id, 'connecting', null);
+    perform from device_assignment.move_devices(
+      v_resume, array_fill(null::uuid, array[coalesce(cardinality(v_resume), 0)]),
+      'fleet_incident_ended', 'incident ' || v_incident.id, 'reconnecting', null);
     update device_assignment.fleet_incidents i
        set ended_at = now(), ended_by = p_ended_by,
            devices_released = coalesce(cardinality(v_ids), 0)

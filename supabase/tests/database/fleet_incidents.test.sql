@@ -3,7 +3,7 @@
 -- that holds its devices at no cost and releases them when it ends.
 begin;
 \ir reset_fleet.psql
-select plan(28);
+select plan(29);
 
 select tests.create_user('owner');
 select tests.create_server('srv-a'), tests.create_server('srv-b'), tests.create_server('srv-c');
@@ -91,6 +91,12 @@ select is((select count(*)::int from public.device_assignment_events
             where device_id = tests.id('phone-b') and reason = 'user_request'), 0,
   'and charges nothing');
 
+-- A linked device whose resume failed the same way keeps its session.
+select tests.create_device('phone-s', 'owner', 'error', 'srv-b', 1);
+update public.devices set last_error = 'version_outdated' where id = tests.id('phone-s');
+insert into device_assignment.device_sessions (device_id, type, id, value)
+values (tests.id('phone-s'), 'creds', 'creds', '{}');
+
 -- The first QR again ends it; its devices go back to pairing by themselves.
 select tests.create_device('phone-d', 'owner', 'connecting', 'srv-a', 1);
 select tests.as_backend('srv-a');
@@ -102,6 +108,9 @@ select is((select ended_by from device_assignment.fleet_incidents order by id de
 select ok((select bool_and(status = 'connecting' and assigned_server_id is null and reassign_count = 0)
              from public.devices where id in (tests.id('phone-b'), tests.id('phone-c'))),
   'its devices are back in the claim queue with their whole budget');
+select ok((select status = 'reconnecting' and assigned_server_id is null
+             from public.devices where id = tests.id('phone-s')),
+  'and one with a stored session is resumed, not paired again');
 
 -- A quiet window ends an incident too: in the owner's next get_device_qr, not
 -- only at the next maintenance run.
