@@ -327,6 +327,7 @@ async function chaosOn(
       devicesHeld: 0,
       mostMovesWhileHeld: 0,
       recoveryMs: [],
+      qrAgainMs: [],
       recoveryBoundMs: 0,
       singleFailure: "not run",
     },

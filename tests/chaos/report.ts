@@ -79,13 +79,17 @@ export function renderReport(r: ChaosResult, orphanBoundMs: number): string {
           ).join("; ") || "none"
         })`,
         `- devices held: ${r.incidents.devicesHeld}; most moves of one while held: ${r.incidents.mostMovesWhileHeld}`,
-        `- QR again after the incident ended: ${
+        `- on a server again after the incident ended: ${
           r.incidents.recoveryMs.length
             ? `max ${
               Math.max(...r.incidents.recoveryMs)
             } ms over ${r.incidents.recoveryMs.length} devices`
             : "no device to time"
-        } (bound ${r.incidents.recoveryBoundMs} ms)`,
+        } (bound ${r.incidents.recoveryBoundMs} ms); QR shown again: ${
+          r.incidents.qrAgainMs.length
+            ? `max ${Math.max(...r.incidents.qrAgainMs)} ms over ${r.incidents.qrAgainMs.length}`
+            : "none seen"
+        }`,
         `- one server failing alone: ${r.incidents.singleFailure}`,
         "",
       ]
