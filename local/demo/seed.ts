@@ -48,6 +48,9 @@ export async function seedDemo(dbUrl: string, timings: DemoTimings): Promise<Pre
             last_reassigned_at = null, reassign_count = 0, last_error = null,
             updated_at = now()`;
       }
+      // Reset means unlinked too: a session left from the last run would be resumed.
+      await tx`delete from device_assignment.device_sessions
+                where device_id = any(${DEMO_DEVICES.map((device) => device.id)}::uuid[])`;
       const [previous] = await tx<PreviousSettings[]>`
         select extract(epoch from heartbeat_timeout)::float8 as "heartbeatTimeoutSeconds",
                extract(epoch from incident_window)::float8 as "incidentWindowSeconds"

@@ -67,6 +67,7 @@ import postgres from "postgres";
 import { closeStack, createUser, getStack, mintAccessToken, type Stack } from "../e2e/harness.ts";
 import { Fleet } from "../../worker/fleet.ts";
 import { Faults } from "./faults.ts";
+import { noIncidentFigures } from "./incidents.ts";
 import { Invariants } from "./invariants.ts";
 import {
   boundFor,
@@ -321,16 +322,7 @@ async function chaosOn(
     longestOrphanMs: invariants.longestOrphanMs,
     longestOrphanWithRoomMs: invariants.longestOrphanWithRoomMs,
     orphanEpisodes: invariants.orphanEpisodes,
-    incidents: faults?.failures.figures ?? {
-      outageMs: 0,
-      incidents: [],
-      devicesHeld: 0,
-      mostMovesWhileHeld: 0,
-      recoveryMs: [],
-      qrAgainMs: [],
-      recoveryBoundMs: 0,
-      singleFailure: "not run",
-    },
+    incidents: faults?.failures.figures ?? noIncidentFigures(),
     violations: invariants.violations,
     report: "",
   };

@@ -39,6 +39,20 @@ export interface IncidentFigures {
   singleFailure: string;
 }
 
+/** The figures of a run in which nothing of this happened (yet). */
+export function noIncidentFigures(recoveryBoundMs = 0): IncidentFigures {
+  return {
+    outageMs: 0,
+    incidents: [],
+    devicesHeld: 0,
+    mostMovesWhileHeld: 0,
+    recoveryMs: [],
+    qrAgainMs: [],
+    recoveryBoundMs,
+    singleFailure: "not run",
+  };
+}
+
 export class FleetFailures {
   readonly figures: IncidentFigures;
   #brokenAt: Date | null = null;
@@ -54,16 +68,7 @@ export class FleetFailures {
     private readonly ctx: FaultContext,
     private readonly counts: Record<string, number>,
   ) {
-    this.figures = {
-      outageMs: 0,
-      incidents: [],
-      devicesHeld: 0,
-      mostMovesWhileHeld: 0,
-      recoveryMs: [],
-      qrAgainMs: [],
-      recoveryBoundMs: 2 * ctx.options.workerPollMs + SCHEDULING_SLACK_MS,
-      singleFailure: "not run",
-    };
+    this.figures = noIncidentFigures(2 * ctx.options.workerPollMs + SCHEDULING_SLACK_MS);
   }
 
   /** Every snapshot: who is held, who shows a QR, who ran out of budget. */

@@ -63,24 +63,52 @@ async function startDev(): Promise<
   return { url, process, output: () => text };
 }
 
+/**
+ * local/dev.sh with its page open in chromium. `close` stops both, and fails
+ * when dev.sh does not stop on SIGTERM.
+ */
+async function openDemo() {
+  await Deno.mkdir(RESULTS, { recursive: true });
+  const dev = await startDev();
+  const stopDev = async () => {
+    dev.process.kill("SIGTERM");
+    const status = await Promise.race([
+      dev.process.status,
+      new Promise<null>((resolve) => setTimeout(() => resolve(null), 30_000)),
+    ]);
+    if (status === null) dev.process.kill("SIGKILL");
+    assert.ok(status, `local/dev.sh stops on SIGTERM:\n${dev.output()}`);
+  };
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS })
+    .catch(async (error) => {
+      await stopDev();
+      throw error;
+    });
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const pageErrors: string[] = [];
+  page.on("pageerror", (error) => pageErrors.push(error.message));
+  await page.goto(dev.url);
+  return {
+    page,
+    pageErrors,
+    async close() {
+      await browser.close();
+      await stopDev();
+    },
+  };
+}
+
 Deno.test({
   name: "the demo shows a QR, and after its server is killed a QR from another server",
   // playwright keeps internal timers and pipes beyond browser.close().
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
-    await Deno.mkdir(RESULTS, { recursive: true });
     await getStack();
     const db = await sql();
     const [before] = await db`select heartbeat_timeout::text as t from public.assignment_settings`;
-    const dev = await startDev();
-    const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    const { page, pageErrors, close } = await openDemo();
     try {
-      const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-      const pageErrors: string[] = [];
-      page.on("pageerror", (error) => pageErrors.push(error.message));
-      await page.goto(dev.url);
-
       const card = page.locator("article.device:has(.qr img[data-server])").first();
       await card.waitFor({ state: "visible", timeout: 30_000 });
       const deviceId = await card.getAttribute("data-device-id");
@@ -234,14 +262,7 @@ Deno.test({
       await page.screenshot({ path: `${RESULTS}/demo-7-restarted.png`, fullPage: true });
       assert.deepEqual(pageErrors, [], "no uncaught error in the page");
     } finally {
-      await browser.close();
-      dev.process.kill("SIGTERM");
-      const status = await Promise.race([
-        dev.process.status,
-        new Promise<null>((resolve) => setTimeout(() => resolve(null), 30_000)),
-      ]);
-      if (status === null) dev.process.kill("SIGKILL");
-      assert.ok(status, `local/dev.sh stops on SIGTERM:\n${dev.output()}`);
+      await close();
     }
     // Everything it started is gone: the demo port is closed.
     await assert.rejects(
@@ -264,17 +285,11 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
-    await Deno.mkdir(RESULTS, { recursive: true });
     await getStack();
     const db = await sql();
     const [before] = await db`select incident_window::text as w from public.assignment_settings`;
-    const dev = await startDev();
-    const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    const { page, pageErrors, close } = await openDemo();
     try {
-      const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-      const pageErrors: string[] = [];
-      page.on("pageerror", (error) => pageErrors.push(error.message));
-      await page.goto(dev.url);
       // The three pairing devices show QRs, one per server.
       await page.locator('article.device[data-status="ready"]').nth(2)
         .waitFor({ timeout: 30_000 });
@@ -319,10 +334,31 @@ Deno.test({
       await page.locator('#whatsapp[data-outage=""]').waitFor();
       // Nobody acts: once the window passed with no new report, each card's own
       // poll ends the incident and the devices show QRs again.
-      for (const id of pairing) {
-        await page.locator(
-          `article.device[data-device-id="${id}"][data-status="ready"][data-incident-recovered-ms]`,
-        ).waitFor({ timeout: 60_000 });
+      try {
+        for (const id of pairing) {
+          await page.locator(
+            `article.device[data-device-id="${id}"][data-status="ready"][data-incident-recovered-ms]`,
+          ).waitFor({ timeout: 90_000 });
+        }
+      } catch (error) {
+        // What the database and the page saw, for a failure that must be explained.
+        await page.screenshot({ path: `${RESULTS}/demo-9-not-recovered.png`, fullPage: true });
+        const incidents = await db`
+          select id, code, started_at, ended_at, ended_by, devices_released
+          from device_assignment.fleet_incidents where started_at >= ${brokenAt} order by id`;
+        const reports = await db`
+          select r.code, s.server_name, r.reported_at from device_assignment.failure_reports r
+          left join public.backend_servers s on s.id = r.server_id
+          where r.reported_at >= ${brokenAt} order by r.reported_at`;
+        const rows = await db`
+          select id, status, last_error, assigned_server_id, qr_updated_at from public.devices
+          where id = any(${pairing}::uuid[])`;
+        throw new Error(
+          `${error}\nincidents ${JSON.stringify(incidents)}\nreports ${JSON.stringify(reports)}` +
+            `\ndevices ${JSON.stringify(rows)}\nlog ${
+              (await page.locator("#log").innerText()).slice(0, 3000)
+            }`,
+        );
       }
       await incident.waitFor({ state: "detached", timeout: 15_000 });
       await page.locator("#log li", { hasText: "fleet incident version_outdated ended" }).first()
@@ -349,14 +385,7 @@ Deno.test({
       );
       assert.deepEqual(pageErrors, [], "no uncaught error in the page");
     } finally {
-      await browser.close();
-      dev.process.kill("SIGTERM");
-      const status = await Promise.race([
-        dev.process.status,
-        new Promise<null>((resolve) => setTimeout(() => resolve(null), 30_000)),
-      ]);
-      if (status === null) dev.process.kill("SIGKILL");
-      assert.ok(status, `local/dev.sh stops on SIGTERM:\n${dev.output()}`);
+      await close();
     }
     const [after] = await db`select incident_window::text as w from public.assignment_settings`;
     await closeStack();
