@@ -4,8 +4,9 @@
  * the fleet tests, the reliability suite and the benchmarks.
  *
  * `new Fleet({...}).start(3)`, then `kill`, `partition`, `heal`, `restart`,
- * `add`, `scan`, `setWhatsAppOutage`, `failDevice`, and `events` / `waitFor` to observe the workers. Its HTTP
- * control is fleet_control.ts; the program with a command line, fleet_cli.ts.
+ * `add`, `scan`, `setWhatsAppOutage`, `failDevice`, and `events` / `waitFor` to
+ * observe the workers. Its HTTP control is fleet_control.ts; the program with a
+ * command line, fleet_cli.ts.
  */
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
 import { FAILURE_CLASSES, type FailureClass } from "@device-qr/backend";

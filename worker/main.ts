@@ -19,8 +19,9 @@
  * claims cut, self-fencing suspended: a server that believes it is still live),
  * `partition self-fence` (same cut, the worker fences itself as it should),
  * `heal`, `whatsapp <failure class>` (WhatsApp refuses every pairing attempt
- * with it: pairing.ts, Failures), `whatsapp ok`, `fail <device_id> <failure class>`
- * (this server's attempt for that device fails), `status`. stdout: one JSON object a line per worker event.
+ * with it: pairing.ts, Failures), `whatsapp ok`, `fail <device_id> <failure
+ * class>` (this server's attempt for that device fails), `status`. stdout: one
+ * JSON object a line per worker event.
  * SIGTERM or SIGINT: graceful `server_shutdown`, then exit 0; so does the end of
  * stdin when WORKER_EXIT_ON_STDIN_EOF=1.
  */

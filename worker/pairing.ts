@@ -247,7 +247,7 @@ export class SimulatedWhatsApp implements DeviceHandler {
     if (this.#sockets.get(deviceId) !== socket) return false;
     socket.busy = true;
     try {
-      await socket.device.reportStatus("error", `${code}: ${FAILURE_TEXT}`);
+      await this.#reportFailure(socket, code);
       return true;
     } catch (error) {
       this.#failed("fail", error);
@@ -255,6 +255,11 @@ export class SimulatedWhatsApp implements DeviceHandler {
     } finally {
       socket.busy = false;
     }
+  }
+
+  /** The socket's attempt ends as WhatsApp ended it: `error`, `"<code>: <text>"`. */
+  #reportFailure(socket: SimulatedSocket, code: FailureClass): Promise<void> {
+    return socket.device.reportStatus("error", `${code}: ${FAILURE_TEXT}`);
   }
 
   /** Publish every QR that is due, time out spent attempts, finish due resumes. */
@@ -345,9 +350,8 @@ export class SimulatedWhatsApp implements DeviceHandler {
     socket.busy = true;
     try {
       if (socket.device.phase === "resuming") await this.#resume(socket);
-      else if (this.#outage) {
-        await socket.device.reportStatus("error", `${this.#outage}: ${FAILURE_TEXT}`);
-      } else if (socket.qrsShown < this.config.pairing.maxQrs) {
+      else if (this.#outage) await this.#reportFailure(socket, this.#outage);
+      else if (socket.qrsShown < this.config.pairing.maxQrs) {
         await this.#publishNext(socket);
       } else await socket.device.reportStatus("qr_timeout");
     } catch (error) {

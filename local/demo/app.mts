@@ -340,6 +340,9 @@ function log(text: string): void {
   while (list.children.length > 60) list.lastElementChild!.remove();
 }
 
+/** Statuses that change by themselves, so a poll waits on them (get-device-qr's own list). */
+const WAITABLE: readonly string[] = ["pending", "ready", "reconnecting"];
+
 /** Long-poll one device forever: each answer comes when its QR or status changes. */
 async function follow(view: DeviceView): Promise<void> {
   while (true) {
@@ -349,7 +352,7 @@ async function follow(view: DeviceView): Promise<void> {
     // Long-poll only from a state that can change by itself: a wait that starts
     // on `reconnecting` ends at `connected`, so from `connected` (or nothing yet)
     // ask plainly, or the card would never show `reconnecting`.
-    const waitable = ["pending", "ready", "reconnecting"].includes(view.state?.status ?? "");
+    const waitable = WAITABLE.includes(view.state?.status ?? "");
     const body: Record<string, unknown> = {
       device_id: view.id,
       format: "json",
@@ -370,8 +373,9 @@ async function follow(view: DeviceView): Promise<void> {
     // Idle states answer at once; don't spin on them. A waitable answer is
     // followed at once by a wait: a pause here would be a window in which the
     // state can change before the next call starts waiting from it.
-    const idle = !["pending", "ready", "reconnecting"].includes(data.status);
-    if (idle && Date.now() - started < 1_000) await sleep(1_500, controller.signal);
+    if (!WAITABLE.includes(data.status) && Date.now() - started < 1_000) {
+      await sleep(1_500, controller.signal);
+    }
   }
 }
 

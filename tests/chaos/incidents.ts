@@ -53,13 +53,19 @@ export function noIncidentFigures(recoveryBoundMs = 0): IncidentFigures {
   };
 }
 
+/** Notes the snapshot's time against its device. */
+function stamp(times: Map<string, number[]>, row: SnapshotRow): void {
+  const seen = times.get(row.id) ?? [];
+  seen.push(row.at.getTime());
+  times.set(row.id, seen);
+}
+
 export class FleetFailures {
   readonly figures: IncidentFigures;
   #brokenAt: Date | null = null;
   #mendedAt: Date | null = null;
   /** Snapshot times at which each device showed a QR or was connected. */
   #readyAt = new Map<string, number[]>();
-  #everHeld = new Set<string>();
   /** When snapshots saw each device held. */
   #heldAt = new Map<string, number[]>();
   #exceeded = new Set<string>();
@@ -74,17 +80,10 @@ export class FleetFailures {
   /** Every snapshot: who is held, who shows a QR, who ran out of budget. */
   observe(rows: SnapshotRow[]): void {
     for (const row of rows) {
-      if (row.held) {
-        this.#everHeld.add(row.id);
-        const times = this.#heldAt.get(row.id) ?? [];
-        times.push(row.at.getTime());
-        this.#heldAt.set(row.id, times);
-      }
+      if (row.held) stamp(this.#heldAt, row);
       if (row.last_error?.startsWith("max_reassignments_exceeded")) this.#exceeded.add(row.id);
       if ((row.status === "connecting" && row.has_qr) || row.status === "connected") {
-        const times = this.#readyAt.get(row.id) ?? [];
-        times.push(row.at.getTime());
-        this.#readyAt.set(row.id, times);
+        stamp(this.#readyAt, row);
       }
     }
   }
@@ -196,6 +195,7 @@ export class FleetFailures {
     if (!this.#brokenAt || !this.#mendedAt) return;
     const { invariants } = this.ctx;
     const ours = invariants.allDeviceIds;
+    const everHeld = new Set(this.#heldAt.keys());
     const incidents = await db`
       select i.id, i.code, i.started_at, i.ended_at, i.ended_by,
              coalesce(array_agg(e.device_id) filter (where e.device_id is not null), '{}') as released
@@ -233,7 +233,7 @@ export class FleetFailures {
         }
         continue;
       }
-      for (const device of released) this.#everHeld.add(device);
+      for (const device of released) everHeld.add(device);
       // Released by it, or seen held while it lasted (an operator may have moved one out).
       const start = incident.started_at.getTime();
       // Each held until the end, or until the last snapshot that saw it held.
@@ -288,9 +288,9 @@ export class FleetFailures {
         if (qr !== undefined) this.figures.qrAgainMs.push(qr - endedAt.getTime());
       }
     }
-    this.figures.devicesHeld = this.#everHeld.size;
+    this.figures.devicesHeld = everHeld.size;
     for (const device of this.#exceeded) {
-      if (this.#everHeld.has(device)) {
+      if (everHeld.has(device)) {
         invariants.violate(
           "fleet_incident",
           `device ${device}, held by a fleet incident, reached max_reassignments_exceeded`,
