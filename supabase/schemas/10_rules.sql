@@ -541,7 +541,10 @@ begin
            end as new_status,
            d.status as old_status
     from unnest(p_device_ids, p_to_server_ids) as m(device_id, to_server_id)
-    join public.devices d on d.id = m.device_id
+    -- One key lookup per device (fenced): joined plainly, a small table is
+    -- read whole into a hash for every move.
+    cross join lateral (select d.id, d.assigned_server_id, d.status from public.devices d
+                        where d.id = m.device_id offset 0) d
   ),
   moved as (
     update public.devices d

@@ -230,6 +230,7 @@ declare
   v_server device_assignment.live_servers;
   v_owned integer;
   v_room integer;
+  v_queued uuid[];
   v_locked uuid[];
   v_ids uuid[];
   v_actor text;
@@ -277,14 +278,13 @@ begin
   end if;
 
   -- Two claimers never take the same device: lock candidates, skipping rows
-  -- another claimer holds, then decide in a new statement, whose fresh snapshot
-  -- sees every claim committed meanwhile. (Deciding in the locking statement is
-  -- not enough: its re-check of a locked row cannot see through the anti-join
-  -- that defines "orphaned".) First the claim queue, then sessions nobody
-  -- holds, then connecting devices of servers that are not live; each reads
-  -- about as many index entries as it takes, and a claim the queue fills
-  -- reads no server (maintenance and get_device_qr hand sessions over too).
-  select array_agg(t.id) into v_locked
+  -- another claimer holds. First the claim queue: "connecting and unassigned"
+  -- is a condition on the row alone, which the lock re-checks on the row's
+  -- latest version (a row mark keeps the quals a partial index implies), so a
+  -- locked queue row is orphaned (the first half of orphaned_devices) and
+  -- stays so while we hold it. A claim the queue fills reads no server
+  -- (maintenance and get_device_qr hand sessions over too).
+  select array_agg(t.id) into v_queued
   from (
     select d.id
     from public.devices d
@@ -293,20 +293,26 @@ begin
     limit v_room
     for update of d skip locked
   ) t;
+  v_room := v_room - coalesce(cardinality(v_queued), 0);
 
-  if coalesce(cardinality(v_locked), 0) < v_room then
-    select coalesce(v_locked, '{}') || array_agg(t.id) into v_locked
+  -- Then sessions nobody holds, then connecting devices of servers that are
+  -- not live; each reads about as many index entries as it takes. These are
+  -- decided in a new statement, whose fresh snapshot sees every claim and
+  -- heartbeat committed meanwhile: the lock's re-check of a row cannot see
+  -- through the anti-join that says its server is not live.
+  if v_room > 0 then
+    select array_agg(t.id) into v_locked
     from (
       select d.id
       from public.devices d
       where d.id = any(array(select device_assignment.session_to_fail_over_ids()))
       order by d.connecting_since nulls first, d.id
-      limit v_room - coalesce(cardinality(v_locked), 0)
+      limit v_room
       for update of d skip locked
     ) t;
   end if;
 
-  if coalesce(cardinality(v_locked), 0) < v_room then
+  if v_room > coalesce(cardinality(v_locked), 0) then
     select coalesce(v_locked, '{}') || array_agg(t.id) into v_locked
     from (
       select d.id
@@ -317,7 +323,7 @@ begin
       for update of d skip locked
     ) t;
   end if;
-  if coalesce(cardinality(v_locked), 0) = 0 then
+  if coalesce(cardinality(v_queued), 0) + coalesce(cardinality(v_locked), 0) = 0 then
     return;
   end if;
 
@@ -325,27 +331,33 @@ begin
   -- by `id = any(...)`, the views let the planner walk a partial index instead,
   -- and right after a burst of orphans, whose statistics say the queue is empty,
   -- it read the whole queue on every claim (18 ms at 1,000,000 devices).
-  select array_agg(f.id) into v_ids
-  from unnest(v_locked) l(id)
-  cross join lateral (select f.id from device_assignment.sessions_to_fail_over f
-                      where f.id = l.id offset 0) f;
-  return query
-    select m.device_id, m.epoch, d.device_name, m.status, d.qr_expires_at, true,
-           m.status = 'reconnecting'
-    from device_assignment.move_devices(
-      v_ids, array_fill(p_server_id, array[coalesce(cardinality(v_ids), 0)]), 'session_failover', v_actor) m
-    join public.devices d on d.id = m.device_id;
+  if v_locked is not null then
+    select array_agg(f.id) into v_ids
+    from unnest(v_locked) l(id)
+    cross join lateral (select f.id from device_assignment.sessions_to_fail_over f
+                        where f.id = l.id offset 0) f;
+    return query
+      select m.device_id, m.epoch, d.device_name, m.status, d.qr_expires_at, true,
+             m.status = 'reconnecting'
+      from device_assignment.move_devices(
+        v_ids, array_fill(p_server_id, array[coalesce(cardinality(v_ids), 0)]),
+        'session_failover', v_actor) m
+      cross join lateral (select d.device_name, d.qr_expires_at from public.devices d
+                          where d.id = m.device_id offset 0) d;
 
-  select array_agg(o.id) into v_ids
-  from unnest(v_locked) l(id)
-  cross join lateral (select o.id from device_assignment.orphaned_devices o
-                      where o.id = l.id offset 0) o;
+    select coalesce(v_queued, '{}') || array_agg(o.id) into v_queued
+    from unnest(v_locked) l(id)
+    cross join lateral (select o.id from device_assignment.orphaned_devices o
+                        where o.id = l.id offset 0) o;
+  end if;
   return query
     select m.device_id, m.epoch, d.device_name, m.status, d.qr_expires_at, true,
            m.status = 'reconnecting'
     from device_assignment.move_devices(
-      v_ids, array_fill(p_server_id, array[coalesce(cardinality(v_ids), 0)]), 'claimed', v_actor) m
-    join public.devices d on d.id = m.device_id;
+      v_queued, array_fill(p_server_id, array[coalesce(cardinality(v_queued), 0)]),
+      'claimed', v_actor) m
+    cross join lateral (select d.device_name, d.qr_expires_at from public.devices d
+                        where d.id = m.device_id offset 0) d;
 end;
 $$;
 
