@@ -107,6 +107,7 @@ declare
   v_previous_instance uuid;
   v_resumed integer := 0;
   v_linked uuid[];
+  v_next_expiry interval;
 begin
   perform device_assignment.authorize_server(null, p_server_name);
   if p_server_name is null or length(btrim(p_server_name)) = 0 or length(p_server_name) > 200 then
@@ -175,6 +176,13 @@ begin
 
   select cfg.heartbeat_timeout into v_timeout from public.assignment_settings cfg;
 
+  -- When the next lease of another live server runs out: a claim just after
+  -- it takes that server's devices if it has died, where waiting for the next
+  -- poll would leave them a poll longer without a server.
+  select min(l.last_health_ping) + v_timeout - now() into v_next_expiry
+  from device_assignment.live_servers l
+  where l.id <> v_server.id;
+
   return jsonb_build_object(
     'server_id', v_server.id,
     'server_name', v_server.server_name,
@@ -182,7 +190,8 @@ begin
     'connecting_grace_ms', (select device_assignment.interval_ms(cfg.connecting_grace)
                               from public.assignment_settings cfg),
     'lease_expires_at', v_server.last_health_ping + v_timeout,
-    'sessions_failed_over', v_resumed
+    'sessions_failed_over', v_resumed,
+    'next_lease_expiry_ms', device_assignment.interval_ms(v_next_expiry)
   );
 end;
 $$;

@@ -43,6 +43,8 @@ export interface FakeDevice {
 
 export class FakeDatabase implements BackendApi {
   heartbeatTimeoutMs = 10_000;
+  /** What heartbeats say of the next lease of another server to run out. */
+  nextLeaseExpiryMs: number | null = null;
   devices = new Map<string, FakeDevice>();
   calls: string[] = [];
   /** When set, heartbeats throw this instead of answering. */
@@ -104,6 +106,7 @@ export class FakeDatabase implements BackendApi {
       heartbeatTimeoutMs: this.heartbeatTimeoutMs,
       connectingGraceMs: 45_000,
       leaseExpiresAt: new Date().toISOString(),
+      nextLeaseExpiryMs: this.nextLeaseExpiryMs,
     };
   }
 

@@ -4,6 +4,7 @@ import {
   type BackendClientConfig,
   type BackendClientEvent,
   BackendError,
+  CLAIM_AFTER_EXPIRY_MS,
 } from "@device-qr/backend";
 import { SimulatedWhatsApp } from "../../worker/pairing.ts";
 import { FakeClock, FakeDatabase } from "./fakes.ts";
@@ -308,6 +309,30 @@ Deno.test("the heartbeat reports the current load and capacity", async () => {
     db.heartbeats.map((input) => input.currentLoad),
     [0, 2],
   );
+});
+
+Deno.test("the next claim comes just after another server's lease runs out, not a poll later", async () => {
+  const { clock, db, worker } = setup({ pollIntervalMs: 5_000 });
+  const nextPoll = () => clock.now() + 5_000;
+  await worker.heartbeat();
+  assert.equal(worker.nextClaimInMs(nextPoll()), 5_000, "no other server: the poll");
+
+  db.nextLeaseExpiryMs = 1_200;
+  await worker.heartbeat();
+  clock.advance(300);
+  assert.equal(worker.nextClaimInMs(nextPoll()), 900 + CLAIM_AFTER_EXPIRY_MS);
+
+  // That claim spends it: the one after waits for the poll again.
+  clock.advance(900 + CLAIM_AFTER_EXPIRY_MS);
+  await worker.claim();
+  assert.equal(worker.nextClaimInMs(nextPoll()), 5_000);
+
+  // A lease that runs out after the poll changes nothing; the latest heartbeat wins.
+  db.nextLeaseExpiryMs = 700;
+  await worker.heartbeat();
+  db.nextLeaseExpiryMs = 11_000;
+  await worker.heartbeat();
+  assert.equal(worker.nextClaimInMs(nextPoll()), 5_000);
 });
 
 Deno.test("a claim batch takes at most that many new devices per poll", async () => {

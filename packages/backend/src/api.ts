@@ -23,6 +23,12 @@ export interface Heartbeat {
   heartbeatTimeoutMs: number;
   connectingGraceMs: number;
   leaseExpiresAt: string;
+  /**
+   * Milliseconds until the next lease of another live server runs out (null:
+   * no other server is live). A claim just after it takes that server's devices
+   * if it has died.
+   */
+  nextLeaseExpiryMs?: number | null;
 }
 
 export interface AssignedDevice {
@@ -192,6 +198,7 @@ export function supabaseBackend(client: SupabaseClient, requestTimeoutMs = 5_000
         heartbeat_timeout_ms: number;
         connecting_grace_ms: number;
         lease_expires_at: string;
+        next_lease_expiry_ms?: number | null;
       }>("server_heartbeat", {
         p_server_name: input.serverName,
         p_current_load: input.currentLoad,
@@ -204,6 +211,9 @@ export function supabaseBackend(client: SupabaseClient, requestTimeoutMs = 5_000
         heartbeatTimeoutMs: Number(data.heartbeat_timeout_ms),
         connectingGraceMs: Number(data.connecting_grace_ms),
         leaseExpiresAt: data.lease_expires_at,
+        nextLeaseExpiryMs: data.next_lease_expiry_ms == null
+          ? null
+          : Number(data.next_lease_expiry_ms),
       };
     },
     async claimDevices(serverId, limit) {

@@ -66,6 +66,12 @@ export interface BackendClientConfig {
   pairingRetryMs: number;
 }
 
+/**
+ * How long after another server's lease runs out the claim is sent: the
+ * database compares its own clock when the claim arrives.
+ */
+export const CLAIM_AFTER_EXPIRY_MS = 200;
+
 export const DEFAULT_CLIENT_CONFIG: Omit<BackendClientConfig, "serverName"> = {
   maxCapacity: null,
   claimLimit: 100,
@@ -371,6 +377,13 @@ export class BackendClient {
   #heartbeatNow = new AbortController();
   /** Claims started so far: tells an answer sent before a publish landed from a later one. */
   #claims = 0;
+  /**
+   * Just after another server's lease runs out (the latest heartbeat says
+   * when): a claim then takes that server's devices if it has died.
+   */
+  #claimAt = Number.POSITIVE_INFINITY;
+  /** Cuts the claim loop's sleep short when a heartbeat moved `#claimAt`. */
+  #claimAtMoved = new AbortController();
 
   constructor(options: BackendClientOptions) {
     this.backend = options.backend;
@@ -449,6 +462,12 @@ export class BackendClient {
       this.#serverId = beat.serverId;
       this.#lastHeartbeatAt = this.#clock.now();
       this.lease.renew(sentAt, beat.heartbeatTimeoutMs);
+      // Counted from when the answer arrived, which is after the database
+      // measured it: the claim cannot come before the lease runs out.
+      this.#claimAt = beat.nextLeaseExpiryMs == null
+        ? Number.POSITIVE_INFINITY
+        : this.#lastHeartbeatAt + beat.nextLeaseExpiryMs + CLAIM_AFTER_EXPIRY_MS;
+      this.#claimAtMoved.abort();
       this._emit({
         type: "heartbeat",
         serverId: beat.serverId,
@@ -467,6 +486,7 @@ export class BackendClient {
    * one listed again with a new epoch was handed back to us to resume.
    */
   async claim(): Promise<void> {
+    if (this.#claimAt <= this.#clock.now()) this.#claimAt = Number.POSITIVE_INFINITY;
     const serverId = this.#serverId;
     if (this.#stopped.signal.aborted || serverId === null) return;
     if (!this.lease.isValid(this.#clock.now())) return;
@@ -514,6 +534,15 @@ export class BackendClient {
         this.#pairingCodeWanted(held, device.pairingPhone, claimNumber);
       }
     }
+  }
+
+  /**
+   * How long the claim loop waits for its next claim: until the poll at
+   * `pollAt`, or until just after another server's lease runs out if that
+   * comes first.
+   */
+  nextClaimInMs(pollAt: number): number {
+    return Math.max(0, Math.min(pollAt, this.#claimAt) - this.#clock.now());
   }
 
   /** Returns whether we may work; stops every device when we may not. */
@@ -570,7 +599,12 @@ export class BackendClient {
     const claims = (async () => {
       while (!signal.aborted) {
         await this.claim();
-        await this.#clock.sleep(this.config.pollIntervalMs, signal);
+        const pollAt = this.#clock.now() + this.config.pollIntervalMs;
+        for (let wait = this.nextClaimInMs(pollAt); wait > 0 && !signal.aborted;) {
+          await this.#clock.sleep(wait, AbortSignal.any([signal, this.#claimAtMoved.signal]));
+          if (this.#claimAtMoved.signal.aborted) this.#claimAtMoved = new AbortController();
+          wait = this.nextClaimInMs(pollAt);
+        }
       }
     })();
     const ticks = (async () => {

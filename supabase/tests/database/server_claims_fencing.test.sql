@@ -1,7 +1,7 @@
 -- The backend-server API: heartbeat lease, claims, and fencing by epoch.
 begin;
 \ir reset_fleet.psql
-select plan(27);
+select plan(29);
 
 insert into auth.users (id, email) values ('a0000000-0000-4000-8000-000000000001', 'owner-a@example.com');
 
@@ -19,9 +19,17 @@ select throws_ok($$select public.server_heartbeat('w', -1, null, '{}')$$, 'PT400
 select throws_ok($$select public.server_heartbeat('w', 0, 0, '{}')$$, 'PT400', 'invalid_argument',
   'a zero capacity is refused');
 
+select is(public.server_heartbeat('worker-1', 2, 3, '{}') -> 'next_lease_expiry_ms', 'null'::jsonb,
+  'a server alone is told of no other lease');
 select public.server_heartbeat('worker-2', 0, null, '{}');
 insert into public.backend_servers (id, server_name, last_health_ping)
 values ('5e000000-0000-4000-8000-0000000000de', 'dead', now() - interval '1 hour');
+-- worker-2 last heard from 20 s ago, with a 30 s timeout; the dead one is not live.
+update public.backend_servers set last_health_ping = now() - interval '20 seconds'
+ where server_name = 'worker-2';
+select is((public.server_heartbeat('worker-1', 2, 3, '{}') ->> 'next_lease_expiry_ms')::int, 10000,
+  'a heartbeat says when the next lease of another live server runs out, for a claim just after it');
+update public.backend_servers set last_health_ping = now() where server_name = 'worker-2';
 
 insert into public.devices (id, user_id, device_name, status, assigned_server_id, assignment_epoch, connecting_since)
 select ('d0000000-0000-4000-8000-' || lpad(n::text, 12, '0'))::uuid,
