@@ -38,6 +38,12 @@ export interface SessionFailoverRow {
   connected: number;
   neededQr: number;
   total: number;
+  /** From the kill until the victim's lease ran out (its last heartbeat + the timeout), median. */
+  leaseLeftP50: number;
+  /** From the lease running out until each device was connected: what claims and resumes take. */
+  afterLeaseP50: number;
+  afterLeaseP99: number;
+  afterLeaseMax: number;
   runs: number;
 }
 
@@ -89,7 +95,9 @@ async function oneRun(
   gatewayUrl: string,
   k: number,
   log: (line: string) => void,
-): Promise<{ times: number[]; neededQr: number; total: number }> {
+): Promise<
+  { times: number[]; afterLease: number[]; leaseLeft: number; neededQr: number; total: number }
+> {
   // A run of its own: the sessions an earlier run's servers handed over on
   // shutdown would otherwise be claimed first.
   await sql`delete from public.devices`;
@@ -123,6 +131,12 @@ async function oneRun(
     await sleep(Math.random() * (POLL_MS + (HEARTBEAT_TIMEOUT_S * 1000) / 4));
     const killedAt = Date.now();
     await fleet.kill(victim);
+    // The database's clock is this machine's: when the victim's lease runs out.
+    const [{ expiresAt }] = await sql`
+      select extract(epoch from s.last_health_ping + cfg.heartbeat_timeout) * 1000 as "expiresAt"
+      from public.backend_servers s cross join public.assignment_settings cfg
+      where s.id = ${victimId}`;
+    const leaseLeft = (Number(expiresAt) - killedAt) / 1000;
 
     const connected = new Map<string, number>();
     const deadline = killedAt + RECOVERY_TIMEOUT_MS;
@@ -146,7 +160,14 @@ async function oneRun(
         and (d.qr_updated_at > to_timestamp(${killedAt / 1000})
              or not exists (select from device_assignment.device_sessions s
                              where s.device_id = d.id and s.type = 'creds'))`;
-    return { times: [...connected.values()], neededQr: n, total: k };
+    const times = [...connected.values()];
+    return {
+      times,
+      afterLease: times.map((t) => t - leaseLeft),
+      leaseLeft,
+      neededQr: n,
+      total: k,
+    };
   } finally {
     await fleet.stopAll();
   }
@@ -166,12 +187,16 @@ export async function runSessionFailover(
               set heartbeat_timeout = make_interval(secs => ${HEARTBEAT_TIMEOUT_S})`;
     for (const k of options.sizes) {
       const times: number[] = [];
+      const afterLease: number[] = [];
+      const leaseLeft: number[] = [];
       let total = 0;
       let neededQr = 0;
       for (let run = 0; run < options.runs; run++) {
         try {
           const result = await oneRun(sql, gateway.url, k, options.log);
           times.push(...result.times);
+          afterLease.push(...result.afterLease);
+          leaseLeft.push(result.leaseLeft);
           total += result.total;
           neededQr += result.neededQr;
         } catch (error) {
@@ -181,6 +206,8 @@ export async function runSessionFailover(
         }
       }
       times.sort((a, b) => a - b);
+      afterLease.sort((a, b) => a - b);
+      leaseLeft.sort((a, b) => a - b);
       rows.push({
         k,
         p50: quantile(times, 0.5),
@@ -190,6 +217,10 @@ export async function runSessionFailover(
         neededQr,
         total,
         runs: options.runs,
+        leaseLeftP50: quantile(leaseLeft, 0.5),
+        afterLeaseP50: quantile(afterLease, 0.5),
+        afterLeaseP99: quantile(afterLease, 0.99),
+        afterLeaseMax: afterLease[afterLease.length - 1] ?? NaN,
       });
     }
   } finally {
@@ -199,7 +230,7 @@ export async function runSessionFailover(
   }
 
   notes.push(
-    `The victim's K devices are linked in SQL (status connected, a 2 KiB creds entry each) rather than paired by K simulated scans; each simulated server holds at most ${DEVICES_PER_SERVER} devices (its claim limit), so ceil(K/${DEVICES_PER_SERVER}) + 1 servers survive. Nobody polls get-device-qr and no maintenance runs: the survivors' claims alone move the sessions.`,
+    `The victim's K devices are linked in SQL (status connected, a 2 KiB creds entry each) rather than paired by K simulated scans; each simulated server holds at most ${DEVICES_PER_SERVER} devices (its claim limit), so ceil(K/${DEVICES_PER_SERVER}) + 1 servers survive. Nobody polls get-device-qr and no maintenance runs: the survivors' claims alone move the sessions. Where the time goes: until the victim's lease runs out (its last heartbeat + the timeout; the kill comes at a random moment between heartbeats), then the survivors' claims (each claims 200 ms after the lease runs out, as its last heartbeat told it, instead of at its next poll) and the resumes.`,
   );
   const budget = HEARTBEAT_TIMEOUT_S + POLL_MS / 1000 + 2;
   const verdicts = rows.map((r) => ({
