@@ -237,7 +237,7 @@ function sqlSection(r: ScaleReport, verdicts: Verdict[]): string {
       r.results[0]?.claims.length
     }, health n=${
       r.results[0]?.healthMs.n
-    }. Orphaned and bulk scenarios run in a transaction that is rolled back; claims are committed and undone after each run. Claim runs: each claimer is a server calling claim_devices(server, 100) on its own servers until a call claims nothing; a device counts as handed out twice if two calls returned it as claimed or the audit holds two 'claimed' rows for it. Not-idle idle passes: ${
+    }. Orphaned and bulk scenarios run in a transaction that is rolled back; claims are committed and undone after each run. Claim runs: each claimer is a server calling claim_devices(server, 100) on its own servers until a call claims nothing, on a connection warmed first by 6 claims rolled back (plpgsql compiles and plans per connection; a gateway's pooled connections have long done so); a device counts as handed out twice if two calls returned it as claimed or the audit holds two 'claimed' rows for it. Not-idle idle passes: ${
       r.results.map((x) => x.idleNotIdle).join(", ")
     }.`,
   );
