@@ -98,18 +98,18 @@ $$;
 -- has not expired, of a connecting device the server holds, with no fresh code
 -- at its epoch. Only the server holding the device gets the number. Volatile,
 -- so that called after a claim it sees the claim's moves.
-create or replace function device_assignment.pairing_phone_wanted(p_server_id uuid, p_device_id uuid)
-returns text
+create or replace function device_assignment.pairing_phones_wanted(p_server_id uuid, p_device_ids uuid[])
+returns table (device_id uuid, phone text)
 language sql
 volatile
 security definer
 set search_path = ''
 as $$
-  select r.phone
+  select r.device_id, r.phone
   from device_assignment.pairing_requests r
   join public.devices d on d.id = r.device_id
   join public.backend_servers s on s.id = d.assigned_server_id
-  where r.device_id = p_device_id
+  where r.device_id = any(p_device_ids)
     and d.assigned_server_id = p_server_id
     -- Only to who may act as that server (20261201150000_least_privilege.sql).
     and device_assignment.caller() in ('operator', 'system', 'server:' || s.server_name)
@@ -346,7 +346,7 @@ revoke all on function
   device_assignment.e164_digits(text),
   device_assignment.is_pairing_code_fresh(device_assignment.pairing_requests,bigint),
   device_assignment.pairing_code_state(devices),
-  device_assignment.pairing_phone_wanted(uuid,uuid),
+  device_assignment.pairing_phones_wanted(uuid,uuid[]),
   device_assignment.expire_pairing_requests(),
   device_assignment.end_pairing_request(),
   device_assignment.request_pairing_code(uuid,text),
@@ -355,7 +355,7 @@ revoke all on function
   get_device_qr(uuid,uuid)
 from public, anon, authenticated, service_role;
 grant execute on function
-  device_assignment.pairing_phone_wanted(uuid,uuid),
+  device_assignment.pairing_phones_wanted(uuid,uuid[]),
   device_assignment.expire_pairing_requests()
 to authenticated, service_role;
 grant execute on function

@@ -386,10 +386,17 @@ set search_path = ''
 as $$
 begin
   perform device_assignment.expire_pairing_requests();
+  -- The numbers wanted are looked up once for the whole answer, not per row.
   return query
+    with c as materialized (
+      select * from device_assignment.claim_devices(p_server_id, p_limit) with ordinality
+    )
     select c.device_id, c.assignment_epoch, c.device_name, c.status, c.qr_expires_at, c.claimed,
-           device_assignment.pairing_phone_wanted(p_server_id, c.device_id), c.resume
-    from device_assignment.claim_devices(p_server_id, p_limit) c;
+           w.phone, c.resume
+    from c
+    left join device_assignment.pairing_phones_wanted(p_server_id, array(select c.device_id from c)) w
+      on w.device_id = c.device_id
+    order by c.ordinality;
 end
 $$;
 

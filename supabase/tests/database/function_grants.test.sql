@@ -52,7 +52,7 @@ select is(
      join pg_namespace n on n.oid = p.pronamespace
     where n.nspname = 'device_assignment' and has_function_privilege('authenticated', p.oid, 'execute')),
   array['claim_devices', 'device_session_read', 'device_session_write', 'end_long_poll',
-        'expire_pairing_requests', 'get_device_qr', 'pairing_phone_wanted',
+        'expire_pairing_requests', 'get_device_qr', 'pairing_phones_wanted',
         'publish_device_pairing_code', 'publish_device_qr', 'report_device_status',
         'request_device_reassignment', 'request_pairing_code', 'server_heartbeat', 'server_shutdown'],
   'authenticated executes only the user and server entry points of the internals');

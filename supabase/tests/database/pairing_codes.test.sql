@@ -40,7 +40,7 @@ select is(
   (select array_agg(r order by r) from unnest(array['anon', 'authenticated', 'service_role']) r
     where has_function_privilege(r,
       'public.publish_device_pairing_code(uuid, uuid, bigint, text, timestamptz)', 'execute')
-       or has_function_privilege(r, 'device_assignment.pairing_phone_wanted(uuid, uuid)', 'execute')),
+       or has_function_privilege(r, 'device_assignment.pairing_phones_wanted(uuid, uuid[])', 'execute')),
   array['authenticated', 'service_role'],
   'the secret key and backend accounts (authenticated, guarded below) publish codes and read numbers');
 select is(
@@ -118,19 +118,19 @@ select is(
   (select pairing_phone from public.claim_devices('5e000000-0000-4000-8000-00000000000b')
     where device_id = 'd0000000-0000-4000-8000-000000000005'),
   null, 'a device without a request has no number');
-select is(device_assignment.pairing_phone_wanted('5e000000-0000-4000-8000-00000000000b',
-  'd0000000-0000-4000-8000-000000000001'), null, 'another server never gets the number');
+select is((select phone from device_assignment.pairing_phones_wanted('5e000000-0000-4000-8000-00000000000b',
+  array['d0000000-0000-4000-8000-000000000001']::uuid[])), null, 'another server never gets the number');
 
 -- A backend account is `authenticated` too: only the device's own server's account reads the number.
 select tests.as_user('owner-a');
-select is(device_assignment.pairing_phone_wanted('5e000000-0000-4000-8000-00000000000a',
-  'd0000000-0000-4000-8000-000000000001'), null, 'a signed-in user never reads a number, even their own');
+select is((select phone from device_assignment.pairing_phones_wanted('5e000000-0000-4000-8000-00000000000a',
+  array['d0000000-0000-4000-8000-000000000001']::uuid[])), null, 'a signed-in user never reads a number, even their own');
 select tests.as_backend('server-b');
-select is(device_assignment.pairing_phone_wanted('5e000000-0000-4000-8000-00000000000a',
-  'd0000000-0000-4000-8000-000000000001'), null, 'another server''s account never reads it');
+select is((select phone from device_assignment.pairing_phones_wanted('5e000000-0000-4000-8000-00000000000a',
+  array['d0000000-0000-4000-8000-000000000001']::uuid[])), null, 'another server''s account never reads it');
 select tests.as_backend('server-a');
-select is(device_assignment.pairing_phone_wanted('5e000000-0000-4000-8000-00000000000a',
-  'd0000000-0000-4000-8000-000000000001'), '14155550123', 'the holding server''s account reads it');
+select is((select phone from device_assignment.pairing_phones_wanted('5e000000-0000-4000-8000-00000000000a',
+  array['d0000000-0000-4000-8000-000000000001']::uuid[])), '14155550123', 'the holding server''s account reads it');
 select tests.as_system(); -- the server side: no user claims left over
 
 select throws_ok($$select public.publish_device_pairing_code('d0000000-0000-4000-8000-000000000001',
