@@ -318,7 +318,9 @@ export async function claimRun(url: string, sql: Sql, k: number): Promise<ClaimR
     await Promise.all(conns.map(async (conn, claimer) => {
       for (let i = 0; i < WARM_CLAIMS; i++) {
         await conn`begin`;
-        await conn`select count(*) from public.claim_devices(${servers[claimer]}::uuid, ${CLAIM_BATCH})`;
+        await conn`select count(*) from public.claim_devices(${
+          servers[claimer]
+        }::uuid, ${CLAIM_BATCH})`;
         await conn`rollback`;
       }
     }));

@@ -111,8 +111,12 @@ export class FleetFailures {
    */
   async #injectMoves(until: number): Promise<void> {
     const { db, invariants } = this.ctx;
+    let failedOn = new Set<string>();
     while (Date.now() < until) {
       const held = invariants.lastRows.find((row) => row.held);
+      // A short run may meet no pairing attempt while WhatsApp is broken: fail
+      // one on each of two servers, which is what opens an incident.
+      if (!held && failedOn.size < 2) failedOn = await this.#failOnTwoServers(failedOn);
       if (held) {
         await db`
           insert into public.device_assignment_events (device_id, from_server_id, to_server_id,
@@ -126,6 +130,20 @@ export class FleetFailures {
       }
       await sleep(SNAPSHOT_MS);
     }
+  }
+
+  /** Fails a pairing attempt on servers not yet in `done`, until two have reported. */
+  async #failOnTwoServers(done: Set<string>): Promise<Set<string>> {
+    const { fleet, invariants } = this.ctx;
+    for (const row of invariants.lastRows) {
+      if (done.size >= 2) break;
+      if (row.status !== "connecting" || !row.has_qr || !row.on_live_server) continue;
+      if (done.has(row.assigned_server_id!)) continue;
+      if (await fleet.failDevice(row.id, "version_outdated", 2_000)) {
+        done.add(row.assigned_server_id!);
+      }
+    }
+    return done;
   }
 
   /**
