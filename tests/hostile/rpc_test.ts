@@ -434,7 +434,7 @@ worldTest("the internals are not reachable by any path, for any role", async (w)
   // The two pairing-code helpers public.claim_devices calls as its caller: the
   // number is read only by who may act as its server (09_pairing_codes pgTAP),
   // and the other deletes nothing but expired requests.
-  const claimHelpers = ["pairing_phone_wanted", "expire_pairing_requests"];
+  const claimHelpers = ["pairing_phones_wanted", "expire_pairing_requests"];
   const userApi = new Set([
     ...USER_RPCS,
     "end_long_poll",
