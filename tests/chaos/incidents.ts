@@ -97,7 +97,7 @@ export class FleetFailures {
     bump(counts, "WhatsApp broken for every server (version_outdated)");
     log(`WhatsApp broken for ${options.whatsappOutageSeconds} s`);
     const mendAt = Date.now() + options.whatsappOutageSeconds * 1000;
-    if (options.injectViolations) await this.#injectMoves(mendAt);
+    await this.#whileBroken(mendAt, options.injectViolations ?? false);
     await sleep(Math.max(0, mendAt - Date.now()));
     await fleet.setWhatsAppOutage(null);
     this.#mendedAt = new Date();
@@ -106,17 +106,23 @@ export class FleetFailures {
   }
 
   /**
-   * The self-check: two moves of a device the incident holds, written behind
-   * the API's back, which invariant 9 must report.
+   * While WhatsApp is broken. Pairing attempts that were already showing a QR
+   * fail too, as a rejected client version fails every open socket: if none
+   * has failed by a quarter of the outage (a run may start none in that time),
+   * one on each of two servers fails, which is what opens an incident. With
+   * `inject` (the self-check), two moves of a device the incident holds are
+   * written behind the API's back, which invariant 9 must report.
    */
-  async #injectMoves(until: number): Promise<void> {
+  async #whileBroken(until: number, inject: boolean): Promise<void> {
     const { db, invariants } = this.ctx;
+    const nudgeAt = Date.now() + (until - Date.now()) / 4;
     let failedOn = new Set<string>();
     while (Date.now() < until) {
       const held = invariants.lastRows.find((row) => row.held);
-      // A short run may meet no pairing attempt while WhatsApp is broken: fail
-      // one on each of two servers, which is what opens an incident.
-      if (!held && failedOn.size < 2) failedOn = await this.#failOnTwoServers(failedOn);
+      if (!held && failedOn.size < 2 && Date.now() >= nudgeAt) {
+        failedOn = await this.#failOnTwoServers(failedOn);
+      }
+      if (held && !inject) return;
       if (held) {
         await db`
           insert into public.device_assignment_events (device_id, from_server_id, to_server_id,
@@ -141,6 +147,7 @@ export class FleetFailures {
       if (done.has(row.assigned_server_id!)) continue;
       if (await fleet.failDevice(row.id, "version_outdated", 2_000)) {
         done.add(row.assigned_server_id!);
+        bump(this.counts, "a pairing attempt showing a QR failed (version_outdated)");
       }
     }
     return done;
