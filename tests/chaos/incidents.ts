@@ -60,6 +60,11 @@ function stamp(times: Map<string, number[]>, row: SnapshotRow): void {
   times.set(row.id, seen);
 }
 
+/** A device a worker is pairing now, on a live server: one whose attempt can be failed. */
+function pairingOnLiveServer(row: SnapshotRow): boolean {
+  return row.status === "connecting" && row.has_qr && row.on_live_server;
+}
+
 export class FleetFailures {
   readonly figures: IncidentFigures;
   #brokenAt: Date | null = null;
@@ -143,7 +148,7 @@ export class FleetFailures {
     const { fleet, invariants } = this.ctx;
     for (const row of invariants.lastRows) {
       if (done.size >= 2) break;
-      if (row.status !== "connecting" || !row.has_qr || !row.on_live_server) continue;
+      if (!pairingOnLiveServer(row)) continue;
       if (done.has(row.assigned_server_id!)) continue;
       if (await fleet.failDevice(row.id, "version_outdated", 2_000)) {
         done.add(row.assigned_server_id!);
@@ -161,9 +166,7 @@ export class FleetFailures {
     const { fleet, db, invariants, pick } = this.ctx;
     for (let attempt = 1; attempt <= 10; attempt++) {
       if (attempt > 1) await sleep(300);
-      const pairing = invariants.lastRows.filter((r) =>
-        r.status === "connecting" && r.has_qr && r.on_live_server
-      );
+      const pairing = invariants.lastRows.filter(pairingOnLiveServer);
       if (pairing.length === 0) {
         this.figures.singleFailure = "skipped: no device pairing on a live server";
         continue;
