@@ -533,10 +533,7 @@ begin
     select m.device_id, m.to_server_id, d.assigned_server_id as from_server_id,
            case
              when p_status is not null then p_status
-             when p_reason = 'session_failover' then
-               case when exists (select from device_assignment.device_sessions s
-                                  where s.device_id = d.id and s.type = 'creds')
-                    then 'reconnecting' else 'connecting' end
+             when p_reason = 'session_failover' then device_assignment.waiting_status(d.id)
              else d.status
            end as new_status,
            d.status as old_status

@@ -161,9 +161,9 @@ begin
     order by i.id
     for update skip locked
   loop
-    select array_agg(l.id), array_agg(l.id) filter (where l.has_session) into v_ids, v_resume
-    from (select d.id, exists (select from device_assignment.device_sessions s
-                                where s.device_id = d.id and s.type = 'creds') as has_session
+    select array_agg(l.id), array_agg(l.id) filter (where l.waits = 'reconnecting')
+      into v_ids, v_resume
+    from (select d.id, device_assignment.waiting_status(d.id) as waits
            from public.devices d
            where d.status = 'error' and d.last_error = v_incident.code
            order by d.id for update skip locked) l;

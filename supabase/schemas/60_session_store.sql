@@ -20,6 +20,21 @@ comment on table "device_assignment"."device_sessions" is 'WhatsApp session stat
 
 revoke all on table device_assignment.device_sessions from public, anon, authenticated, service_role;
 
+-- The one rule for where a device waits for a server: `reconnecting` when it
+-- has stored creds to resume without a QR, else `connecting`, to pair anew.
+-- move_devices applies it to a session failover, end_incidents to the devices
+-- an incident releases.
+create or replace function device_assignment.waiting_status(p_device_id uuid)
+returns text
+language sql
+stable
+set search_path = ''
+as $$
+  select case when exists (select from device_assignment.device_sessions s
+                            where s.device_id = p_device_id and s.type = 'creds')
+              then 'reconnecting' else 'connecting' end
+$$;
+
 -- The session store's API -----------------------------------------------------------------
 -- Fenced exactly like publish_device_qr (fenced_device: the device's current
 -- server at the current epoch, row locked), so a dead or partitioned server's
@@ -187,6 +202,7 @@ as $$ begin return device_assignment.device_session_read(p_device_id, p_server_i
 
 -- Who may call what: nobody but the owner, unless granted here.
 revoke all on function
+  device_assignment.waiting_status(uuid),
   device_assignment.check_session_entries(jsonb),
   device_assignment.fenced_session_holder(uuid,uuid,bigint),
   device_assignment.device_session_write(uuid,uuid,bigint,jsonb),
