@@ -62,6 +62,14 @@ export interface ClaimRun {
   calls: number;
 }
 
+/** One step of a claim in the profiled run: wall time and buffers per call. */
+export interface ClaimStep {
+  step: "claim" | "queue lock" | "move";
+  calls: number;
+  msPerCall: number;
+  buffersPerCall: number;
+}
+
 export interface ScaleResult {
   devices: number;
   connecting: number;
@@ -77,6 +85,8 @@ export interface ScaleResult {
   bulkMoved: number;
   claims: ClaimRun[];
   claimsPerSecond: Summary;
+  /** A further claim run, untimed, with pg_stat_statements tracking nested statements. */
+  claimProfile: { perSecond: number; steps: ClaimStep[] };
   healthMs: Summary;
 }
 
@@ -298,7 +308,12 @@ export async function measureBulk(sql: Sql, k: number, reps: number) {
  * unassigned connecting devices in batches of 100 until none is left. Every
  * device must be handed out exactly once.
  */
-export async function claimRun(url: string, sql: Sql, k: number): Promise<ClaimRun> {
+export async function claimRun(
+  url: string,
+  sql: Sql,
+  k: number,
+  afterWarmUp?: () => Promise<void>,
+): Promise<ClaimRun> {
   await sql.unsafe(`
     truncate public.device_assignment_events;
     update public.devices d
@@ -324,6 +339,7 @@ export async function claimRun(url: string, sql: Sql, k: number): Promise<ClaimR
         await conn`rollback`;
       }
     }));
+    await afterWarmUp?.();
     const started = performance.now();
     await Promise.all(conns.map(async (conn, claimer) => {
       const mine = servers.filter((_, i) => i % CLAIMERS === claimer);
@@ -360,6 +376,56 @@ export async function claimRun(url: string, sql: Sql, k: number): Promise<ClaimR
       truncate public.device_assignment_events;
     `);
     await recomputeLoads(sql);
+  }
+}
+
+/**
+ * Where a claim's time goes: one more claim run, like the timed ones, with
+ * pg_stat_statements tracking the statements inside the functions too (a
+ * superuser setting, so set on the database before the claimers connect), its
+ * counters reset after the warm-up. The tracking costs time of its own, so this
+ * run's rate is reported beside, never instead of, the timed runs.
+ */
+export async function claimProfile(url: string, sql: Sql, k: number) {
+  const admin = connect(asSuperuser(url), 1);
+  try {
+    const [{ schema, db }] = await admin`
+      select extnamespace::regnamespace::text as schema, current_database() as db
+      from pg_extension where extname = 'pg_stat_statements'`;
+    await admin.unsafe(`alter database ${db} set pg_stat_statements.track = 'all'`);
+    const run = await claimRun(url, sql, k, async () => {
+      await admin.unsafe(`select ${schema}.pg_stat_statements_reset()`);
+    });
+    const rows = await admin.unsafe(`
+      select query, calls::int, total_exec_time, shared_blks_hit + shared_blks_read as buffers
+      from ${schema}.pg_stat_statements s
+      where s.dbid = (select oid from pg_database where datname = current_database())`);
+    await admin.unsafe(`alter database ${db} reset pg_stat_statements.track`);
+    // The statements are ours: the client's call, and two inside claim_devices.
+    const step = (name: ClaimStep["step"], test: (q: string) => boolean): ClaimStep => {
+      const hit = rows.filter((r) => test(String(r.query).replace(/\s+/g, " ")));
+      const calls = hit.reduce((n, r) => n + Number(r.calls), 0);
+      const ms = hit.reduce((n, r) => n + Number(r.total_exec_time), 0);
+      const buffers = hit.reduce((n, r) => n + Number(r.buffers), 0);
+      return { step: name, calls, msPerCall: ms / calls, buffersPerCall: buffers / calls };
+    };
+    return {
+      perSecond: run.perSecond,
+      steps: [
+        step(
+          "claim",
+          (q) => q.includes("from public.claim_devices(") && q.includes("where claimed"),
+        ),
+        step(
+          "queue lock",
+          (q) =>
+            q.includes("d.assigned_server_id is null") && q.includes("for update of d skip locked"),
+        ),
+        step("move", (q) => q.startsWith("with plan as")),
+      ],
+    };
+  } finally {
+    await admin.end();
   }
 }
 
@@ -452,6 +518,9 @@ export async function runSqlScale(options: ScaleOptions): Promise<ScaleReport> {
         await settle(sql);
         claims.push(await claimRun(url, sql, Math.min(CLAIM_POOL, pool)));
       }
+      options.log(`sql ${n}: where a claim's time goes`);
+      await settle(sql);
+      const claimSteps = await claimProfile(url, sql, Math.min(CLAIM_POOL, pool));
       options.log(`sql ${n}: assignment_health()`);
       await settle(sql);
       const health = await measureHealth(sql, options.reps.health);
@@ -474,6 +543,7 @@ export async function runSqlScale(options: ScaleOptions): Promise<ScaleReport> {
         bulkMoved: bulk.moved,
         claims,
         claimsPerSecond: summarize(claims.map((c) => c.perSecond)),
+        claimProfile: claimSteps,
         healthMs: health,
       });
     }
