@@ -86,7 +86,13 @@ export interface ScaleResult {
   claims: ClaimRun[];
   claimsPerSecond: Summary;
   /** A further claim run, untimed, with pg_stat_statements tracking nested statements. */
-  claimProfile: { perSecond: number; steps: ClaimStep[] };
+  claimProfile: {
+    perSecond: number;
+    /** The devices waiting when the claims start, and the heap pages they lie on. */
+    queueDevices: number;
+    queuePages: number;
+    steps: ClaimStep[];
+  };
   healthMs: Summary;
 }
 
@@ -393,7 +399,12 @@ export async function claimProfile(url: string, sql: Sql, k: number) {
       select extnamespace::regnamespace::text as schema, current_database() as db
       from pg_extension where extname = 'pg_stat_statements'`;
     await admin.unsafe(`alter database ${db} set pg_stat_statements.track = 'all'`);
+    let queue = { devices: 0, pages: 0 };
     const run = await claimRun(url, sql, k, async () => {
+      const [waiting] = await admin`
+        select count(*)::int as devices, count(distinct (ctid::text::point)[0])::int as pages
+        from public.devices where status = 'connecting' and assigned_server_id is null`;
+      queue = { devices: waiting.devices, pages: waiting.pages };
       await admin.unsafe(`select ${schema}.pg_stat_statements_reset()`);
     });
     const rows = await admin.unsafe(`
@@ -411,6 +422,8 @@ export async function claimProfile(url: string, sql: Sql, k: number) {
     };
     return {
       perSecond: run.perSecond,
+      queueDevices: queue.devices,
+      queuePages: queue.pages,
       steps: [
         step(
           "claim",
