@@ -259,15 +259,16 @@ export class FleetFailures {
               `WhatsApp was mended`,
           );
         }
-        continue;
       }
       for (const device of released) everHeld.add(device);
+      // An incident still open has lasted until now: its moves so far count too.
+      const until = endedAt ?? new Date();
       // Released by it, or seen held while it lasted (an operator may have moved one out).
       const start = incident.started_at.getTime();
       // Each held until the end, or until the last snapshot that saw it held.
-      const heldUntil = new Map(released.map((device) => [device, endedAt.getTime()]));
+      const heldUntil = new Map(released.map((device) => [device, until.getTime()]));
       for (const [device, times] of this.#heldAt) {
-        const during = times.filter((t) => t >= start && t <= endedAt.getTime());
+        const during = times.filter((t) => t >= start && t <= until.getTime());
         if (during.length && !heldUntil.has(device)) {
           heldUntil.set(device, Math.max(...during) + SNAPSHOT_MS);
         }
@@ -275,7 +276,7 @@ export class FleetFailures {
       const events = await db`
         select e.device_id, e.created_at from public.device_assignment_events e
         where e.device_id = any(${[...heldUntil.keys()]}::uuid[])
-          and e.created_at >= ${incident.started_at} and e.created_at < ${endedAt}
+          and e.created_at >= ${incident.started_at} and e.created_at < ${until}
           and e.reason not in ('claimed', 'session_failover', 'fleet_incident_ended', 'operator')`;
       const moves = new Map<string, number>();
       for (const { device_id, created_at } of events) {
@@ -292,8 +293,9 @@ export class FleetFailures {
           );
         }
       }
-      // Released while WhatsApp was still broken, a device fails again: no recovery to time.
-      if (endedAt < this.#mendedAt) continue;
+      // Not released yet, or released while WhatsApp was still broken (a device
+      // fails again): no recovery to time.
+      if (!endedAt || endedAt < this.#mendedAt) continue;
       const placed = await db`
         select d.id, min(e.created_at) as at
         from unnest(${released}::uuid[]) d(id)
