@@ -394,11 +394,12 @@ export async function claimRun(
  */
 export async function claimProfile(url: string, sql: Sql, k: number) {
   const admin = connect(asSuperuser(url), 1);
+  const dbName = new URL(url).pathname.slice(1);
   try {
-    const [{ schema, db }] = await admin`
-      select extnamespace::regnamespace::text as schema, current_database() as db
+    const [{ schema }] = await admin`
+      select extnamespace::regnamespace::text as schema
       from pg_extension where extname = 'pg_stat_statements'`;
-    await admin.unsafe(`alter database ${db} set pg_stat_statements.track = 'all'`);
+    await admin.unsafe(`alter database ${dbName} set pg_stat_statements.track = 'all'`);
     let queue = { devices: 0, pages: 0 };
     const run = await claimRun(url, sql, k, async () => {
       const [waiting] = await admin`
@@ -411,11 +412,15 @@ export async function claimProfile(url: string, sql: Sql, k: number) {
       select query, calls::int, total_exec_time, shared_blks_hit + shared_blks_read as buffers
       from ${schema}.pg_stat_statements s
       where s.dbid = (select oid from pg_database where datname = current_database())`);
-    await admin.unsafe(`alter database ${db} reset pg_stat_statements.track`);
     // The statements are ours: the client's call, and two inside claim_devices.
     const step = (name: ClaimStep["step"], test: (q: string) => boolean): ClaimStep => {
       const hit = rows.filter((r) => test(String(r.query).replace(/\s+/g, " ")));
       const calls = hit.reduce((n, r) => n + Number(r.calls), 0);
+      if (calls === 0) {
+        throw new Error(
+          `claim profile: no statement is the ${name} step; did claim_devices change?`,
+        );
+      }
       const ms = hit.reduce((n, r) => n + Number(r.total_exec_time), 0);
       const buffers = hit.reduce((n, r) => n + Number(r.buffers), 0);
       return { step: name, calls, msPerCall: ms / calls, buffersPerCall: buffers / calls };
@@ -438,6 +443,7 @@ export async function claimProfile(url: string, sql: Sql, k: number) {
       ],
     };
   } finally {
+    await admin.unsafe(`alter database ${dbName} reset pg_stat_statements.track`);
     await admin.end();
   }
 }
