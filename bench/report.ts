@@ -219,20 +219,22 @@ function claimCallCost(
   x: ScaleResult,
 ): Record<"claim" | "queue" | "move" | "rest", StepCost> | null {
   const steps = x.claimProfile?.steps ?? [];
-  const claim = steps.find((st) => st.step === "claim");
-  if (!claim || claim.calls === 0) return null;
-  const share = (name: ClaimStep["step"]): StepCost => {
-    const st = steps.find((s) => s.step === name);
-    return st
-      ? {
-        ms: (st.msPerCall * st.calls) / claim.calls,
-        buffers: (st.buffersPerCall * st.calls) / claim.calls,
-      }
-      : { ms: 0, buffers: 0 };
+  const [claim, queue, move] = (["claim", "queue lock", "move"] as const).map((name) =>
+    steps.find((st) => st.step === name)
+  );
+  // claimProfile fails a run that misses a step; older raw results have none.
+  if (!claim || !queue || !move) return null;
+  const share = (st: ClaimStep): StepCost => ({
+    ms: (st.msPerCall * st.calls) / claim.calls,
+    buffers: (st.buffersPerCall * st.calls) / claim.calls,
+  });
+  const [c, q, m] = [share(claim), share(queue), share(move)];
+  return {
+    claim: c,
+    queue: q,
+    move: m,
+    rest: { ms: c.ms - q.ms - m.ms, buffers: c.buffers - q.buffers - m.buffers },
   };
-  const [c, queue, move] = [share("claim"), share("queue lock"), share("move")];
-  const rest = { ms: c.ms - queue.ms - move.ms, buffers: c.buffers - queue.buffers - move.buffers };
-  return { claim: c, queue, move, rest };
 }
 
 /** The queue lock and the move at the smallest and the largest size, in one sentence. */
@@ -266,7 +268,7 @@ function claimStepsTable(results: ScaleResult[]): string[] {
     "|---:|---:|---:|---:|---:|---:|---:|",
     ...rows.map(({ x, cost }) =>
       `| ${x.devices.toLocaleString("en-US")} | ${fmt(x.claimProfile.perSecond)} | ${
-        x.claimProfile.queuePages?.toLocaleString("en-US") ?? "n/a"
+        x.claimProfile.queuePages.toLocaleString("en-US")
       } | ${cell(cost!.claim)} | ${cell(cost!.queue)} | ${cell(cost!.move)} | ${cell(cost!.rest)} |`
     ),
   ];
